@@ -1,0 +1,155 @@
+// Flat exact search: blocked float32 GEMM through Eigen with a streaming top-k, so memory stays
+// O(block) whatever Q and M are.
+#include <Eigen/Core>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "internal.hpp"
+
+namespace cnn_core {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+int64_t Tensor::size() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal half: renormalise
+    int e = -1;
+    do {
+      ++e;
+      mant <<= 1;
+    } while (!(mant & 0x400u));
+    bits = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u);
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // rounds past the largest half
+  if (ax < 0x38800000u) {                         // subnormal or zero half
+    if (ax < 0x33000000u) return sign;
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - static_cast<int>(e);
+    uint32_t r = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return sign | static_cast<uint16_t>(r);
+  }
+  uint32_t r = ((ax >> 13) - (112u << 10));
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
+  return sign | static_cast<uint16_t>(r);
+}
+
+void half_to_float(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
+std::string build_info() {
+  std::string s = "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
+                  "." + std::to_string(EIGEN_MINOR_VERSION) + ", SIMD: " + Eigen::SimdInstructionSetsInUse();
+#if defined(__F16C__) || defined(__AVX512F__)
+  s += ", GEMM: " + blas_backend();
+  s += ", float16 via F16C";
+#else
+  s += ", GEMM: " + blas_backend();
+  s += ", float16 via scalar conversion";
+#endif
+  return s;
+}
+
+namespace {
+// Block shapes are constants, never derived from the thread count: every similarity is then computed
+// by the same GEMM call whatever the number of threads, so results are bit-identical.
+constexpr int64_t kQueryBlock = 256;
+constexpr int64_t kDbBlock = 2048;
+constexpr int64_t kDbChunk = 8 * kDbBlock;
+}  // namespace
+
+void exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows_in,
+                int k, int threads, int64_t* out_index, float* out_sim) {
+  using namespace detail;
+  if (queries.shape.size() != 2 || database.shape.size() != 2)
+    throw std::invalid_argument("exact_topk: queries and database must be 2-D (rows, dims)");
+  const int64_t Q = queries.shape[0], D = queries.shape[1];
+  if (database.shape[1] != D)
+    throw std::invalid_argument("database: dimension " + std::to_string(database.shape[1]) +
+                                " does not match queries' " + std::to_string(D));
+  const std::vector<int64_t> rows = resolve_rows(rows_in, database.shape[0], "rows");
+  const int64_t M = static_cast<int64_t>(rows.size());
+  if (k < 1 || k > M) throw std::invalid_argument("k must be in [1, " + std::to_string(M) + "]");
+  if (Q == 0) return;
+
+  const int64_t qblocks = (Q + kQueryBlock - 1) / kQueryBlock;
+  const int64_t dchunks = (M + kDbChunk - 1) / kDbChunk;
+  const int nw = workers_for(threads, qblocks * dchunks);
+  std::vector<TopK> best(nw, TopK(Q, k));
+
+  parallel_units(qblocks * dchunks, nw, [&](int64_t unit, int w) {
+    const int64_t qb = unit / dchunks, dc = unit % dchunks;
+    const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, Q - q0);
+    RowMat qm(nq, D), dm(kDbBlock, D), sims(nq, kDbBlock);
+    load_f32(queries, q0 * D, nq * D, qm.data());
+    require_finite(qm.data(), nq * D, "queries");
+    std::vector<float> qinv(nq), dinv(kDbBlock);
+    for (int64_t i = 0; i < nq; ++i) qinv[i] = inv_norm(qm.row(i).cast<double>().squaredNorm());
+    TopK& top = best[w];
+    const int64_t m_end = std::min(M, (dc + 1) * kDbChunk);
+    for (int64_t m0 = dc * kDbChunk; m0 < m_end; m0 += kDbBlock) {
+      const int64_t nm = std::min(kDbBlock, m_end - m0);
+      for (int64_t j = 0; j < nm; ++j) {
+        load_f32(database, rows[m0 + j] * D, D, dm.data() + j * D);
+        dinv[j] = inv_norm(dm.row(j).cast<double>().squaredNorm());
+      }
+      require_finite(dm.data(), nm * D, "database");
+      gemm_nt(qm.data(), nq, D, dm.data(), nm, D, D, sims.data(), sims.cols());
+      for (int64_t i = 0; i < nq; ++i) {
+        const float* row = sims.data() + i * sims.cols();
+        const float qi = qinv[i];
+        const int64_t q = q0 + i;
+        float thr = top.threshold(q);
+        for (int64_t j = 0; j < nm; ++j) {
+          const float v = row[j] * qi * dinv[j];
+          if (v >= thr) {
+            top.insert(q, v, rows[m0 + j]);
+            thr = top.threshold(q);
+          }
+        }
+      }
+    }
+  });
+  for (int w = 1; w < nw; ++w) best[0].merge(best[w]);
+  std::copy(best[0].idx.begin(), best[0].idx.end(), out_index);
+  std::copy(best[0].sim.begin(), best[0].sim.end(), out_sim);
+}
+
+}  // namespace cnn_core

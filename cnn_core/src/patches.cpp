@@ -1,0 +1,221 @@
+// K×K patch search over feature maps by shift-sums: the dot product of two K×K×C patches is the sum
+// of K^2 C-dimensional pixel dot products at aligned offsets, so one pixel-to-pixel GEMM plus K^2
+// shifted adds gives every patch similarity (K^2 fewer multiply-adds than flattening), and patch norms
+// come from a box filter over squared pixel norms. Also the flattened reference search.
+#include <Eigen/Core>
+
+#include "internal.hpp"
+
+namespace cnn_core {
+
+namespace detail {
+// Zero-padded float32 copy of map `offset` (h, w, c): padded size (h+K-1, w+K-1), origin at
+// (-(K-1)/2, -(K-1)/2), covering rows [y0 - a, y0 + rows + K-1 - a) and cols [x0 - a, ...).
+void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_t c, int kernel, int64_t y0,
+                   int64_t rows, int64_t x0, int64_t cols, float* dst, const char* what) {
+  const int a = pad_before(kernel);
+  const int64_t pr = rows + kernel - 1, pc = cols + kernel - 1;
+  std::fill(dst, dst + pr * pc * c, 0.f);
+  for (int64_t i = 0; i < pr; ++i) {
+    const int64_t y = y0 + i - a;
+    if (y < 0 || y >= h) continue;
+    const int64_t xa = std::max<int64_t>(0, x0 - a), xb = std::min<int64_t>(w, x0 - a + pc);
+    if (xa >= xb) continue;
+    float* d = dst + (i * pc + (xa - (x0 - a))) * c;
+    load_f32(t, offset + (y * w + xa) * c, (xb - xa) * c, d);
+    require_finite(d, (xb - xa) * c, what);
+  }
+}
+
+// Inverse patch norms of a padded (rows+K-1, cols+K-1, c) block: box filter of squared pixel norms.
+void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c, int kernel, float* out) {
+  const int64_t pc = cols + kernel - 1, pr = rows + kernel - 1;
+  std::vector<double> sq(pr * pc);
+  for (int64_t i = 0; i < pr * pc; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < c; ++j) s += static_cast<double>(padded[i * c + j]) * padded[i * c + j];
+    sq[i] = s;
+  }
+  for (int64_t y = 0; y < rows; ++y)
+    for (int64_t x = 0; x < cols; ++x) {
+      double s = 0;
+      for (int dy = 0; dy < kernel; ++dy)
+        for (int dx = 0; dx < kernel; ++dx) s += sq[(y + dy) * pc + x + dx];
+      out[y * cols + x] = inv_norm(s);
+    }
+}
+
+}  // namespace detail
+
+using detail::gather_padded;
+using detail::patch_inv_norms;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace {
+
+// Database tiles and query bands are fixed sizes (never derived from the thread count), so each
+// similarity is produced by the same arithmetic whatever the number of threads.
+constexpr int64_t kTileY = 32, kTileX = 64, kQueryBand = 64;
+
+struct MapDims {
+  int64_t n, h, w, c;
+};
+
+MapDims check_maps(const Tensor& query, const Tensor& database, int kernel, int k) {
+  if (query.shape.size() != 3) throw std::invalid_argument("query must be (H, W, C)");
+  if (database.shape.size() != 4) throw std::invalid_argument("database must be (N, H, W, C)");
+  if (database.shape[3] != query.shape[2])
+    throw std::invalid_argument("database: channels " + std::to_string(database.shape[3]) +
+                                " do not match query's " + std::to_string(query.shape[2]));
+  if (kernel < 1) throw std::invalid_argument("kernel must be >= 1");
+  if (k < 1) throw std::invalid_argument("k must be >= 1");
+  return {database.shape[0], database.shape[1], database.shape[2], database.shape[3]};
+}
+
+PatchMatches to_matches(const detail::TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw) {
+  PatchMatches m;
+  m.h = h;
+  m.w = w;
+  m.k = top.k;
+  const int64_t n = h * w * top.k;
+  m.image.resize(n);
+  m.y.resize(n);
+  m.x.resize(n);
+  m.similarity = top.sim;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t idx = top.idx[i];
+    if (idx == detail::kNoIndex) {
+      m.image[i] = m.y[i] = m.x[i] = -1;
+      continue;
+    }
+    m.image[i] = static_cast<int32_t>(idx / (dh * dw));
+    m.y[i] = static_cast<int32_t>((idx / dw) % dh);
+    m.x[i] = static_cast<int32_t>(idx % dw);
+  }
+  return m;
+}
+
+}  // namespace
+
+PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
+                        int kernel, int k, int threads) {
+  using namespace detail;
+  const MapDims db = check_maps(query, database, kernel, k);
+  const int64_t H = query.shape[0], W = query.shape[1], C = db.c;
+  const std::vector<int64_t> rows = resolve_rows(rows_in, db.n, "rows");
+  const int64_t R = static_cast<int64_t>(rows.size());
+  if (k > R * db.h * db.w) throw std::invalid_argument("k exceeds the number of database positions");
+  if (H * W == 0) return to_matches(TopK(0, k), H, W, db.h, db.w);
+
+  const int K = kernel, a = pad_before(kernel);
+  const int64_t Hp = H + K - 1, Wp = W + K - 1;
+  std::vector<float> qpad(Hp * Wp * C), qinv(H * W);
+  gather_padded(query, 0, H, W, C, K, 0, H, 0, W, qpad.data(), "query");
+  patch_inv_norms(qpad.data(), H, W, C, K, qinv.data());
+  (void)a;
+
+  const int64_t tiles_y = (db.h + kTileY - 1) / kTileY, tiles_x = (db.w + kTileX - 1) / kTileX;
+  const int64_t bands = (H + kQueryBand - 1) / kQueryBand;
+  const int64_t per_row = tiles_y * tiles_x * bands, units = R * per_row;
+  const int nw = workers_for(threads, units);
+  std::vector<TopK> best(nw, TopK(H * W, k));
+  const int64_t plane = db.h * db.w;
+
+  parallel_units(units, nw, [&](int64_t unit, int wk) {
+    const int64_t r = rows[unit / per_row];
+    int64_t rest = unit % per_row;
+    const int64_t band = rest % bands;
+    rest /= bands;
+    const int64_t ty0 = (rest / tiles_x) * kTileY, tx0 = (rest % tiles_x) * kTileX;
+    const int64_t TYv = std::min(kTileY, db.h - ty0), TXv = std::min(kTileX, db.w - tx0);
+    const int64_t TYp = TYv + K - 1, TXp = TXv + K - 1, Mtp = TYp * TXp;
+
+    RowMat tile(Mtp, C);
+    gather_padded(database, r * plane * C, db.h, db.w, C, K, ty0, TYv, tx0, TXv, tile.data(), "database");
+    std::vector<float> dinv(TYv * TXv);
+    patch_inv_norms(tile.data(), TYv, TXv, C, K, dinv.data());
+
+    // Ring of K slots, each the product of one padded query row (Wp pixels) with every tile pixel.
+    std::vector<RowMat> ring(K, RowMat(Wp, Mtp));
+    std::vector<float> acc(TYv * TXv);
+    TopK& top = best[wk];
+    const int64_t y0 = band * kQueryBand, y1 = std::min(H, y0 + kQueryBand);
+    for (int64_t pr = y0; pr < y1 + K - 1; ++pr) {
+      gemm_nt(qpad.data() + pr * Wp * C, Wp, C, tile.data(), Mtp, C, C, ring[pr % K].data(), Mtp);
+      const int64_t y = pr - (K - 1);
+      if (y < y0) continue;
+      for (int64_t x = 0; x < W; ++x) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int dy = 0; dy < K; ++dy) {
+          const RowMat& slot = ring[(y + dy) % K];
+          for (int dx = 0; dx < K; ++dx) {
+            const float* prow = slot.data() + (x + dx) * Mtp + dy * TXp + dx;
+            for (int64_t ty = 0; ty < TYv; ++ty) {
+              float* __restrict dst = acc.data() + ty * TXv;
+              const float* __restrict src = prow + ty * TXp;
+              for (int64_t tx = 0; tx < TXv; ++tx) dst[tx] += src[tx];
+            }
+          }
+        }
+        const float qi = qinv[y * W + x];
+        const int64_t q = y * W + x;
+        Eigen::Map<Eigen::ArrayXf> av(acc.data(), TYv * TXv);
+        Eigen::Map<const Eigen::ArrayXf> dv(dinv.data(), TYv * TXv);
+        av = av * qi * dv;
+        float thr = top.threshold(q);
+        if (av.maxCoeff() < thr) continue;
+        for (int64_t ty = 0; ty < TYv; ++ty)
+          for (int64_t tx = 0; tx < TXv; ++tx) {
+            const float v = acc[ty * TXv + tx];
+            if (v >= thr) {
+              top.insert(q, v, r * plane + (ty0 + ty) * db.w + tx0 + tx);
+              thr = top.threshold(q);
+            }
+          }
+      }
+    }
+  });
+  for (int w = 1; w < nw; ++w) best[0].merge(best[w]);
+  return to_matches(best[0], H, W, db.h, db.w);
+}
+
+PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
+                             int kernel, int k, int threads) {
+  using namespace detail;
+  const MapDims db = check_maps(query, database, kernel, k);
+  const int64_t H = query.shape[0], W = query.shape[1], C = db.c;
+  const std::vector<int64_t> rows = resolve_rows(rows_in, db.n, "rows");
+  const int64_t R = static_cast<int64_t>(rows.size()), plane = db.h * db.w;
+  if (k > R * plane) throw std::invalid_argument("k exceeds the number of database positions");
+  const int K = kernel;
+  const int64_t D = static_cast<int64_t>(K) * K * C;
+
+  // Flattened descriptors in (dy, dx, c) order from a padded copy of a whole map.
+  auto flatten = [&](const Tensor& t, int64_t offset, int64_t h, int64_t w, const char* what) {
+    std::vector<float> pad((h + K - 1) * (w + K - 1) * C), out(h * w * D);
+    gather_padded(t, offset, h, w, C, K, 0, h, 0, w, pad.data(), what);
+    const int64_t pw = w + K - 1;
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int dy = 0; dy < K; ++dy)
+          for (int dx = 0; dx < K; ++dx)
+            std::copy_n(pad.data() + ((y + dy) * pw + x + dx) * C, C,
+                        out.data() + (y * w + x) * D + (dy * K + dx) * C);
+    return out;
+  };
+  const std::vector<float> qd = flatten(query, 0, H, W, "query");
+  TopK top(H * W, k);
+  const int kk = static_cast<int>(std::min<int64_t>(k, plane));
+  std::vector<int64_t> idx(H * W * kk);
+  std::vector<float> sim(H * W * kk);
+  for (int64_t r : rows) {
+    const std::vector<float> dd = flatten(database, r * plane * C, db.h, db.w, "database");
+    Tensor qt{qd.data(), DType::F32, {H * W, D}}, dt{dd.data(), DType::F32, {plane, D}};
+    exact_topk(qt, dt, {}, kk, threads, idx.data(), sim.data());
+    for (int64_t q = 0; q < H * W; ++q)
+      for (int j = 0; j < kk; ++j) top.insert(q, sim[q * kk + j], r * plane + idx[q * kk + j]);
+  }
+  return to_matches(top, H, W, db.h, db.w);
+}
+
+}  // namespace cnn_core

@@ -1,0 +1,53 @@
+"""Datasets: readers for each task's real on-disk layout and built-in synthetic stand-ins.
+
+`load_split(task, split, data_dir)` returns a `Split` of uint8 arrays: from Pix2Pix A|B folders
+(cityscapes, facades, facades_labels, maps), the official Cityscapes layout, SegNet's CamVid layout,
+or, with data_dir=None, the deterministic synthetic set of the task (`compnn_py.data.synthetic`).
+Label maps are uint8 class ids with 255 = ignore. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import synthetic
+from .camvid import read_camvid
+from .cityscapes import is_official_layout, read_cityscapes
+from .files import parse_size
+from .labels import colorize, snap_to_palette
+from .palettes import IGNORE
+from .pix2pix import read_pix2pix
+from .tasks import TASKS, Split, TaskSpec, get_task
+
+SPLITS = ("train", "val", "test")
+
+__all__ = ["IGNORE", "SPLITS", "TASKS", "Split", "TaskSpec", "colorize", "get_task", "load_split",
+           "snap_to_palette", "synthetic"]
+
+
+def load_split(task, split: str, data_dir=None, *, size=None, n: int | None = None, seed: int = 0,
+               progress: bool = True, direction: str | None = None) -> Split:
+    """Load one split of a task.
+
+    data_dir: the dataset root in its real layout; None -> the built-in synthetic set, generated in
+    memory from `seed` (size default synthetic.DEFAULT_SIZE[task], n default DEFAULT_COUNTS[split]).
+    size: int or (H, W) to resize to (labels nearest-neighbour); real data defaults to spec.size.
+    n: keep only the first n images (in file-name order, numeric when names are numbers).
+    direction: override the task's A|B direction for Pix2Pix-layout data.
+    """
+    spec = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if data_dir is None:
+        return synthetic.generate(spec, split, n=n, size=size, seed=seed, progress=progress)
+    size = parse_size(size) or spec.size
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir {root} for task {spec.name!r} does not exist")
+    if spec.layout == "camvid":
+        return read_camvid(spec, root, split, size=size, n=n, progress=progress)
+    if spec.name == "cityscapes" and is_official_layout(root):
+        return read_cityscapes(spec, root, split, size=size, n=n, progress=progress)
+    return read_pix2pix(spec, root, split, size=size, n=n, direction=direction, progress=progress)

@@ -1,0 +1,58 @@
+"""Reader for CamVid in SegNet's layout: `<split>/*.png` photos, `<split>annot/*.png` class ids 0..11.
+
+The `<split>.txt` lists hold absolute `/SegNet/CamVid/<dir>/<file>` paths from SegNet's machine; each is
+resolved by its last two components under the given root. Without a list, the folder is listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .files import list_images, read_image, require_dir, resize_image, resize_labels
+from .palettes import CAMVID_VOID, IGNORE
+from .tasks import Split, TaskSpec
+
+
+def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(photo, annotation) paths of one split, in list order (or sorted folder order)."""
+    listing = root / f"{split}.txt"
+    if listing.is_file():
+        pairs = []
+        for lineno, line in enumerate(listing.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{listing}:{lineno}: expected '<image path> <annotation path>', got {line!r}")
+            pairs.append(tuple(root.joinpath(*Path(p).parts[-2:]) for p in parts))
+        if not pairs:
+            raise FileNotFoundError(f"camvid split {split!r}: list {listing} is empty")
+        return pairs
+    photos = list_images(root / split, f"camvid split {split!r}")
+    annot = require_dir(root / f"{split}annot", f"camvid annotations of split {split!r}")
+    return [(p, annot / p.name) for p in photos]
+
+
+def read_camvid(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: int | None = None,
+                progress: bool = True) -> Split:
+    root = require_dir(Path(root), "camvid data_dir")
+    pairs = camvid_pairs(root, split)[:n]
+    inputs = np.empty((len(pairs), *size, 3), np.uint8)
+    targets = np.empty((len(pairs), *size), np.uint8)
+    for i, (photo_path, annot_path) in enumerate(tqdm(pairs, desc=f"camvid/{split}", disable=not progress)):
+        photo = read_image(photo_path)
+        annot = read_image(annot_path, mode="L")
+        if annot.shape != photo.shape[:2]:
+            raise ValueError(f"{annot_path}: annotation is {annot.shape[1]}x{annot.shape[0]} but its photo "
+                             f"{photo_path} is {photo.shape[1]}x{photo.shape[0]}; expected the same size")
+        if annot.max() > CAMVID_VOID:
+            raise ValueError(f"{annot_path}: expected class ids 0..{CAMVID_VOID}, found {int(annot.max())}")
+        annot = np.where(annot == CAMVID_VOID, IGNORE, annot).astype(np.uint8)
+        inputs[i] = resize_image(photo, size)
+        targets[i] = resize_labels(annot, size)
+    ids = [p.stem for p, _ in pairs]
+    meta = [{"sequence": s.split("_")[0], "file": str(p)} for s, (p, _) in zip(ids, pairs)]
+    return Split(inputs, targets, ids, meta, spec)

@@ -1,0 +1,87 @@
+"""Image file I/O and resizing for the readers: every failure names the path and what was expected."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def parse_size(size) -> tuple[int, int] | None:
+    """None, an int (square) or (H, W) -> (H, W) of positive ints, or None."""
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: directory {path} does not exist")
+    return path
+
+
+def list_images(folder: Path, what: str) -> list[Path]:
+    """Image files of `folder`, numerically sorted when their stems are numbers (1, 2, 10)."""
+    require_dir(folder, what)
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{what}: {folder} holds no .jpg/.png images")
+    return sorted(files, key=natural_key)
+
+
+def natural_key(path: Path):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", Path(path).stem)]
+
+
+def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
+    """Decode an image as uint8 RGB (H, W, 3) or, with mode="L"/"P", its raw 8-bit values (H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if mode == "RGB":
+                im = im.convert("RGB")
+            elif im.mode not in ("L", "P"):
+                raise ValueError(f"{path}: expected an 8-bit single-channel label image, got mode {im.mode}")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
+
+
+def write_image(path: Path, array: np.ndarray, *, quality: int = 95) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(np.ascontiguousarray(array))
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(path, quality=quality, subsampling=0)  # 4:4:4: label colours differ mostly in chroma
+    else:
+        im.save(path)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize uint8 RGB with area-style antialiasing (Pillow's bilinear filter when shrinking)."""
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_labels(ids: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize a class-id map nearest-neighbour, so no new ids appear."""
+    if size is None or ids.shape[:2] == tuple(size):
+        return ids
+    return np.asarray(Image.fromarray(ids).resize((size[1], size[0]), Image.NEAREST))

@@ -1,0 +1,217 @@
+"""Pictures for CompNN results: colourised label maps, activation maps as RGB, titled PNG panels, and the
+figures of each analysis in `compnn_py.compose` (composition, correspondence map, layer sweep, bias
+modification, reconstruction, activation prediction). numpy + Pillow only; every function returns a
+uint8 (H, W, 3) array, and `save_png` writes one.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+VOID_COLOUR = (0, 0, 0)
+OTHER_COLOUR = (128, 128, 128)
+
+
+def distinct_colours(n: int) -> np.ndarray:
+    """n well-separated RGB colours (golden-ratio hue steps, two brightness levels), uint8 (n, 3)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out = [colorsys.hsv_to_rgb((j * 0.618033988749895) % 1.0, 0.75, 1.0 if j % 2 == 0 else 0.7) for j in range(n)]
+    return (np.array(out, dtype=np.float64).reshape(n, 3) * 255).round().astype(np.uint8)
+
+
+def palette_of(store):
+    """The (C, 3) class colours a store's metadata carries under "palette", or None."""
+    pal = store.metadata.get("palette")
+    return None if pal is None else np.asarray(pal, dtype=np.uint8).reshape(-1, 3)
+
+
+def colorize(labels, palette=None) -> np.ndarray:
+    """uint8 class-id map (H, W) -> RGB via `palette` ((C, 3) colours; default distinct_colours); void
+    (255) is black. Ids without a palette entry are an error."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer (H, W) map, got {labels.dtype} {labels.shape}")
+    valid = labels != 255
+    top = int(labels[valid].max()) + 1 if valid.any() else 0
+    pal = distinct_colours(max(top, 1)) if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if top > len(pal):
+        raise ValueError(f"labels use class id {top - 1} but the palette has {len(pal)} colours")
+    out = np.empty(labels.shape + (3,), dtype=np.uint8)
+    out[~valid] = VOID_COLOUR
+    out[valid] = pal[labels[valid]]
+    return out
+
+
+def activation_rgb(act, channels: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    """Three channels of an (h, w, C) activation map as RGB, each scaled by its own min..max (Fig. 3)."""
+    act = np.asarray(act, dtype=np.float64)
+    if act.ndim != 3 or len(channels) != 3 or max(channels) >= act.shape[-1]:
+        raise ValueError(f"need an (h, w, C) map and 3 channels < C, got {act.shape} and {channels}")
+    rgb = act[..., list(channels)]
+    lo, hi = rgb.min((0, 1)), rgb.max((0, 1))
+    return ((rgb - lo) / np.where(hi > lo, hi - lo, 1.0) * 255).round().astype(np.uint8)
+
+
+def to_rgb(a, palette=None) -> np.ndarray:
+    """Label map -> colourised; uint8 RGB -> itself; single-channel uint8 -> grey."""
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[-1] == 3 and a.dtype == np.uint8:
+        return a
+    if a.ndim == 2:
+        return colorize(a, palette)
+    raise TypeError(f"cannot draw an array of dtype {a.dtype} and shape {a.shape} as a picture")
+
+
+def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    # Integer nearest-neighbour upscaling keeps native-resolution blocks visible as blocks.
+    f = max(1, min(h // img.shape[0], w // img.shape[1]))
+    return np.repeat(np.repeat(img, f, 0), f, 1)
+
+
+def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int | None = None,
+          pad: int = 4, palette=None, min_cell: int = 128) -> np.ndarray:
+    """Grid of pictures (label maps colourised with `palette`), each under its title, on white. Cells are
+    the largest picture's size, integer-upscaled until its longer side is at least `min_cell` pixels."""
+    if not images:
+        raise ValueError("panel needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
+    rgbs = [to_rgb(im, palette) for im in images]
+    ch = max(im.shape[0] for im in rgbs)
+    cw = max(im.shape[1] for im in rgbs)
+    up = max(1, -(-min_cell // max(ch, cw)))
+    ch, cw = ch * up, cw * up
+    rgbs = [_fit(im, ch, cw) for im in rgbs]
+    ncols = min(len(rgbs), ncols or len(rgbs))
+    nrows = -(-len(rgbs) // ncols)
+    th = 14 if titles else 0
+    canvas = Image.new("RGB", (ncols * (cw + pad) + pad, nrows * (ch + th + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for j, im in enumerate(rgbs):
+        r, c = divmod(j, ncols)
+        x0, y0 = pad + c * (cw + pad), pad + r * (ch + th + pad)
+        if titles:
+            draw.text((x0, y0), str(titles[j])[: max(4, cw // 6)], fill=(0, 0, 0), font=font)
+        canvas.paste(Image.fromarray(im), (x0, y0 + th))
+    return np.asarray(canvas)
+
+
+def save_png(path, image) -> Path:
+    """Write a uint8 RGB array as PNG (parent directory must exist)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"directory {path.parent} does not exist")
+    Image.fromarray(to_rgb(image)).save(path)
+    return path
+
+
+# ---- analysis figures ------------------------------------------------------------------------------
+
+def correspondence_map(corr, *, top: int | None = None) -> np.ndarray:
+    """Each output pixel coloured by its source image: the `top` most used get distinct colours (rank order,
+    matching `correspondence_figure`), the rest grey."""
+    top = len(corr.masks) if top is None else top
+    colours = distinct_colours(top)
+    out = np.empty(corr.source_image.shape + (3,), dtype=np.uint8)
+    out[:] = OTHER_COLOUR
+    for j, row in enumerate(corr.rows[:top]):
+        out[corr.source_image == row] = colours[j]
+    return out
+
+
+def mark_region(image, mask, colour, *, alpha: float = 0.5) -> np.ndarray:
+    """The image with `mask` tinted by `colour` and everything else dimmed, so copied regions stand out."""
+    image = to_rgb(image).astype(np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask {mask.shape} does not fit image {image.shape[:2]}")
+    out = image * 0.35
+    out[mask] = (1 - alpha) * image[mask] + alpha * np.asarray(colour, dtype=np.float64)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def correspondence_figure(corr, db, composed=None, *, palette=None, show: str = "images") -> np.ndarray:
+    """Fig. 11: [composed output,] the correspondence map, then each of the most-used training images with
+    the region copied from it marked in its map colour. `show` picks which of the training store's arrays
+    is drawn for them ("images" = inputs, "labels" or "cnn_outputs")."""
+    if show not in ("images", "labels", "cnn_outputs"):
+        raise ValueError(f"show must be 'images', 'labels' or 'cnn_outputs', got {show!r}")
+    shown = getattr(db, show)
+    colours = distinct_colours(len(corr.masks))
+    pics, titles = [], []
+    if composed is not None:
+        pics.append(to_rgb(composed, palette))
+        titles.append("CompNN")
+    pics.append(correspondence_map(corr))
+    titles.append("sources")
+    for j, (row, mask) in enumerate(zip(corr.rows, corr.masks)):
+        pics.append(mark_region(to_rgb(np.asarray(shown[row]), palette), mask, colours[j]))
+        titles.append(f"{corr.image_ids[j]} ({corr.counts[j]}px)")
+    return panel(pics, titles, palette=palette)
+
+
+def composition_figure(query, i: int, results: Mapping[str, object], *, palette=None) -> np.ndarray:
+    """Input, ground truth and CNN output of query image i, then each named result (a Composition or an
+    array), e.g. {"CompNN (SS)": ..., "Global NN": ...} (Fig. 5/7/8/12)."""
+    pics = [query.images[i], query.labels[i], query.cnn_outputs[i]]
+    titles = ["input", "ground truth", "CNN"]
+    for name, r in results.items():
+        pics.append(getattr(r, "output", r))
+        titles.append(name)
+    return panel([np.asarray(p) for p in pics], titles, palette=palette)
+
+
+def sweep_figure(steps, *, palette=None) -> np.ndarray:
+    """Fig. 4: the CompNN output at each layer above its correspondence pattern (source images coloured
+    by first appearance), titled with the number of source images."""
+    outs, maps, titles = [], [], []
+    for s in steps:
+        src = s.composition.source_image
+        _, first = np.unique(src, return_index=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        _, inv = np.unique(src, return_inverse=True)
+        maps.append(distinct_colours(order.size)[rank[inv.reshape(src.shape)]])
+        outs.append(to_rgb(s.composition.output, palette))
+        titles.append(f"{s.layer} n={s.stats['n_sources']}")
+    return panel(outs + maps, titles + [""] * len(maps), ncols=len(steps))
+
+
+def activation_figure(pred, channels: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    """Fig. 3: actual, compositional and global predictions of an activation map, three channels as RGB
+    with a common scale per channel taken from the actual map."""
+    act = np.asarray(pred.actual, dtype=np.float64)[..., list(channels)]
+    lo, hi = act.min((0, 1)), act.max((0, 1))
+    span = np.where(hi > lo, hi - lo, 1.0)
+
+    def rgb(a):
+        a = np.asarray(a, dtype=np.float64)[..., list(channels)]
+        return ((a - lo) / span * 255).round().clip(0, 255).astype(np.uint8)
+
+    e = pred.errors
+    return panel([rgb(pred.actual), rgb(pred.compositional.output), rgb(pred.global_.output)],
+                 ["CNN", f"comp relL2={e['compositional']['relative_l2']:.2f}",
+                  f"global relL2={e['global']['relative_l2']:.2f}"])
+
+
+def reconstruction_figure(rec, query, i: int, *, palette=None) -> np.ndarray:
+    """Fig. 10: global and compositional reconstructions of the input, the input and CNN output, then
+    global and compositional reconstructions of the output."""
+    return panel([rec.global_input.output, rec.compnn_input.output, np.asarray(query.images[i]),
+                  np.asarray(query.cnn_outputs[i]), rec.global_output.output, rec.compnn_output.output],
+                 ["global input", "CompNN input", "input", "CNN", "global output", "CompNN output"],
+                 palette=palette)
+
+
+def bias_figure(query, i: int, results: Mapping[str, object], *, palette=None) -> np.ndarray:
+    """Fig. 9: the query input, then its composition from each restricted database."""
+    pics = [np.asarray(query.images[i])] + [getattr(r, "output", r) for r in results.values()]
+    return panel(pics, ["input", *results], palette=palette)

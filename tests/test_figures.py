@@ -1,0 +1,92 @@
+"""Tests of compnn_py.figures: colours, panel geometry and content, PNG round trip, and the correspondence
+figure drawn from a hand-made composition."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compnn_py import compose, figures
+from compnn_py.compose import Composition
+from compnn_py.store import ActivationStore
+
+
+def test_colorize_with_palette_and_void():
+    pal = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)
+    lab = np.array([[0, 1], [255, 0]], np.uint8)
+    out = figures.colorize(lab, pal)
+    np.testing.assert_array_equal(out, [[[10, 20, 30], [40, 50, 60]], [[0, 0, 0], [10, 20, 30]]])
+    with pytest.raises(ValueError, match="palette has 2"):
+        figures.colorize(np.array([[2]], np.uint8), pal)
+    with pytest.raises(TypeError, match="integer"):
+        figures.colorize(np.zeros((2, 2)), pal)
+
+
+def test_distinct_colours_are_distinct():
+    c = figures.distinct_colours(24)
+    assert c.shape == (24, 3) and c.dtype == np.uint8
+    assert len({tuple(v) for v in c}) == 24
+
+
+def test_panel_places_images_and_upscales_small_ones(rng):
+    a = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    b = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    p = figures.panel([a, b], pad=2, min_cell=0)
+    assert p.shape == (2 + 8 + 2, 2 + 2 * (8 + 2), 3)
+    np.testing.assert_array_equal(p[2:10, 2:10], a)
+    np.testing.assert_array_equal(p[2:10, 12:20], np.repeat(np.repeat(b, 2, 0), 2, 1))
+    titled = figures.panel([a, b, a], ["one", "two", "three"], ncols=2, pad=2, min_cell=20)  # cells 24×24
+    assert titled.shape == (2 * (24 + 14 + 2) + 2, 2 + 2 * (24 + 2), 3)
+    np.testing.assert_array_equal(titled[2 + 14:2 + 14 + 24, 2:26], np.repeat(np.repeat(a, 3, 0), 3, 1))
+    with pytest.raises(ValueError, match="titles"):
+        figures.panel([a], ["x", "y"])
+
+
+def test_save_png_round_trip(tmp_path, rng):
+    a = rng.integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    path = figures.save_png(tmp_path / "a.png", a)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), a)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        figures.save_png(tmp_path / "missing" / "a.png", a)
+
+
+def test_activation_rgb_scales_each_channel():
+    act = np.zeros((2, 1, 4))
+    act[1, 0] = [2, 4, 6, 8]
+    out = figures.activation_rgb(act, (0, 1, 3))
+    np.testing.assert_array_equal(out[:, 0], [[0, 0, 0], [255, 255, 255]])
+
+
+def _db(tmp_path, rng, n=3, h=8, w=8):
+    with ActivationStore.create(tmp_path / "db", n_images=n, layers={"f": (4, 4, 2)}, image_shape=(h, w, 3),
+                                label_shape=(h, w), output_shape=(h, w), image_ids=["x", "y", "z"],
+                                layer_meta={"f": {"kernel": 1, "stride": 2}},
+                                metadata={"palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}) as wr:
+        for i in range(n):
+            wr.write(i, activations={"f": np.ones((4, 4, 2))}, image=rng.integers(0, 256, (h, w, 3)),
+                     label=rng.integers(0, 3, (h, w)), cnn_output=rng.integers(0, 3, (h, w)))
+    return ActivationStore.open(tmp_path / "db")
+
+
+def test_correspondence_map_and_figure(tmp_path, rng):
+    db = _db(tmp_path, rng)
+    yy, xx = np.mgrid[:8, :8]
+    src = np.where(xx < 2, 0, np.where(xx < 7, 2, 1)).astype(np.int32)  # image 2 used most, then 0, then 1
+    comp = Composition(db.labels[0], src, yy.astype(np.int32), xx.astype(np.int32), None, "f", "labels", (2, 2))
+    np.testing.assert_array_equal(figures.palette_of(db)[2], [7, 8, 9])
+    corr = compose.correspondence(comp, db, top=2)
+    assert corr.rows.tolist() == [2, 0, 1] and corr.counts.tolist() == [40, 16, 8] and len(corr.masks) == 2
+    cmap = figures.correspondence_map(corr)
+    colours = figures.distinct_colours(2)
+    np.testing.assert_array_equal(cmap[0, 4], colours[0])
+    np.testing.assert_array_equal(cmap[0, 0], colours[1])
+    np.testing.assert_array_equal(cmap[0, 7], figures.OTHER_COLOUR)
+    marked = figures.mark_region(db.images[2], corr.masks[0], colours[0], alpha=1.0)
+    np.testing.assert_array_equal(marked[3, 3], colours[0])
+    np.testing.assert_array_equal(marked[3, 0], np.round(db.images[2][3, 0] * 0.35).astype(np.uint8))
+    fig = figures.correspondence_figure(corr, db, comp.output)
+    assert fig.dtype == np.uint8 and fig.shape[1] == 4 + 4 * (128 + 4)  # output, map, 2 sources; 8px cells ×16
+    figures.save_png(tmp_path / "corr.png", fig)
+    by_label = figures.correspondence_figure(corr, db, show="labels", palette=figures.palette_of(db))
+    assert by_label.shape[1] == 4 + 3 * (128 + 4)
+    with pytest.raises(ValueError, match="show"):
+        figures.correspondence_figure(corr, db, show="photos")

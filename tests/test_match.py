@@ -1,0 +1,302 @@
+"""compnn_py.match against naive numpy references: flat, patch and hierarchical search, ties, borders,
+float16 and memmapped input, thread-count invariance, and the argument checks."""
+
+import numpy as np
+import pytest
+
+from compnn_py import match
+
+
+def naive_topk(q, d, k):
+    """Cosine top-k in float64 with the lowest index winning ties (zero vectors: similarity 0)."""
+    q = q.astype(np.float64)
+    d = d.astype(np.float64)
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    dn = np.linalg.norm(d, axis=1, keepdims=True)
+    s = (q @ d.T) / np.where(qn > 0, qn, 1) / np.where(dn > 0, dn, 1).T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, axis=1)
+
+
+def naive_patches(m, K):
+    """(..., H, W, C) maps -> (..., H, W, K*K*C) zero-padded descriptors, offsets -(K-1)//2 .. K//2."""
+    a = (K - 1) // 2
+    pad = [(0, 0)] * (m.ndim - 3) + [(a, K - 1 - a), (a, K - 1 - a), (0, 0)]
+    p = np.pad(m.astype(np.float64), pad)
+    H, W = m.shape[-3], m.shape[-2]
+    parts = [p[..., dy:dy + H, dx:dx + W, :] for dy in range(K) for dx in range(K)]
+    return np.concatenate(parts, axis=-1)
+
+
+def relu_maps(rng, shape, dtype=np.float32):
+    return np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+
+
+def check_top1(query, db, res, K, rows=None):
+    """Top-1 similarity equals the reference best; the returned position really has that similarity."""
+    rows = np.arange(db.shape[0]) if rows is None else np.asarray(rows)
+    qd = naive_patches(query, K).reshape(-1, K * K * query.shape[-1])
+    dd_all = naive_patches(db, K)
+    dd = dd_all[rows].reshape(-1, qd.shape[1])
+    _, ref = naive_topk(qd, dd, 1)
+    got = res.similarity[..., 0].reshape(-1)
+    np.testing.assert_allclose(got, ref[:, 0], atol=1e-5)
+    assert np.isin(res.image, rows).all()
+    picked = dd_all[res.image[..., 0], res.y[..., 0], res.x[..., 0]].reshape(-1, qd.shape[1])
+    qn, pn = np.linalg.norm(qd, axis=1), np.linalg.norm(picked, axis=1)
+    cos = np.einsum("ij,ij->i", qd, picked) / np.where(qn * pn > 0, qn * pn, 1)
+    np.testing.assert_allclose(cos, ref[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_exact_matches_naive(rng, dtype):
+    q = relu_maps(rng, (300, 37), dtype)
+    d = relu_maps(rng, (2100, 37), dtype)  # crosses the core's block edges
+    idx, sim = match.exact(q, d, k=4)
+    assert idx.shape == (300, 4) and idx.dtype == np.int64 and sim.dtype == np.float32
+    ref_idx, ref_sim = naive_topk(q, d, 4)
+    np.testing.assert_allclose(sim, ref_sim, atol=1e-5)
+    assert (idx[:, 0] == ref_idx[:, 0]).mean() > 0.99  # the rest are float-rounding near-ties
+    assert np.all(np.diff(sim, axis=1) <= 0)
+
+
+def test_exact_ties_and_zero_vectors():
+    d = np.array([[1, 0], [0, 1], [2, 0], [0, 0], [1, 0]], np.float32)
+    q = np.array([[3, 0], [0, 0], [1, 1]], np.float32)
+    idx, sim = match.exact(q, d, k=3)
+    np.testing.assert_array_equal(idx[0], [0, 2, 4])  # equal cosine 1: lowest index first
+    np.testing.assert_array_equal(idx[1], [0, 1, 2])  # zero query: similarity 0 to all
+    np.testing.assert_array_equal(sim[1], [0, 0, 0])
+    np.testing.assert_array_equal(idx[2], [0, 1, 2])
+    np.testing.assert_allclose(sim[2], [np.sqrt(0.5)] * 3, rtol=1e-6)
+
+
+def test_exact_identical_for_any_thread_count(rng):
+    q = relu_maps(rng, (520, 64))
+    d = relu_maps(rng, (5000, 64))
+    base = match.exact(q, d, k=3, threads=1)
+    for t in (2, 4):
+        out = match.exact(q, d, k=3, threads=t)
+        np.testing.assert_array_equal(out[0], base[0])
+        np.testing.assert_array_equal(out[1], base[1])
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 6, 7])
+def test_patches_match_naive_borders_and_odd_sizes(rng, K):
+    query = relu_maps(rng, (7, 9, 5))
+    db = relu_maps(rng, (3, 11, 67, 5))  # 67 wide: crosses the 64-wide database tiles
+    res = match.patches(query, db, kernel=K, k=2)
+    assert res.image.shape == (7, 9, 2) and res.image.dtype == np.int32 and res.similarity.dtype == np.float32
+    check_top1(query, db, res, K)
+    assert np.all(res.similarity[..., 0] >= res.similarity[..., 1])
+
+
+def test_patches_k4_window_offsets():
+    """K = 4 covers offsets -1..2: a single bright pixel is seen by positions 1 up/left to 2 down/right."""
+    db = np.zeros((1, 8, 8, 1), np.float32)
+    db[0, 4, 4, 0] = 1.0
+    query = np.zeros((8, 8, 1), np.float32)
+    query[3, 3, 0] = 1.0  # at window offset (0, 0) of query position (3, 3)
+    res = match.patches(query, db, kernel=4)
+    assert (res.y[3, 3, 0], res.x[3, 3, 0]) == (4, 4)
+    assert res.similarity[3, 3, 0] == pytest.approx(1.0)
+    query2 = np.zeros((8, 8, 1), np.float32)
+    query2[5, 5, 0] = 1.0  # at offset (+2, +2) of query position (3, 3): db position (2, 2) sees it there
+    res2 = match.patches(query2, db, kernel=4)
+    assert (res2.y[3, 3, 0], res2.x[3, 3, 0]) == (2, 2)
+
+
+def test_patches_rows_name_store_rows(rng):
+    query = relu_maps(rng, (6, 6, 4))
+    db = relu_maps(rng, (6, 6, 6, 4))
+    rows = np.array([5, 1, 3])
+    res = match.patches(query, db, kernel=3, rows=rows, k=2)
+    check_top1(query, db, res, 3, rows=rows)
+    db[1] = query  # now row 1 holds the query itself: every position matches itself exactly
+    res = match.patches(query, db, kernel=3, rows=rows)
+    assert (res.image == 1).all()
+    yy, xx = np.mgrid[:6, :6]
+    np.testing.assert_array_equal(res.y[..., 0], yy)
+    np.testing.assert_array_equal(res.x[..., 0], xx)
+
+
+def test_patches_float16_memmap_equals_float32_of_rounded(tmp_path, rng):
+    query = relu_maps(rng, (9, 10, 8))
+    db16 = relu_maps(rng, (4, 12, 13, 8), np.float16)
+    path = tmp_path / "db.npy"
+    np.save(path, db16)
+    mm = np.load(path, mmap_mode="r")
+    a = match.patches(query, mm, kernel=4, k=3)
+    b = match.patches(query, db16.astype(np.float32), kernel=4, k=3)
+    for f in ("image", "y", "x", "similarity"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_patches_identical_for_any_thread_count(rng):
+    query = relu_maps(rng, (70, 20, 6))  # two query bands of 64 rows
+    db = relu_maps(rng, (3, 40, 70, 6))
+    base = match.patches(query, db, kernel=4, k=2, threads=1)
+    for t in (2, 4):
+        out = match.patches(query, db, kernel=4, k=2, threads=t)
+        for f in ("image", "y", "x", "similarity"):
+            np.testing.assert_array_equal(getattr(out, f), getattr(base, f))
+
+
+def test_patches_zero_maps_match_lowest_index():
+    query = np.zeros((3, 3, 2), np.float32)
+    db = np.zeros((2, 4, 4, 2), np.float16)
+    res = match.patches(query, db, kernel=2)
+    assert (res.image == 0).all() and (res.y == 0).all() and (res.x == 0).all() and (res.similarity == 0).all()
+
+
+def test_global_shortlist(rng):
+    db = relu_maps(rng, (30, 2, 2, 8))
+    query = relu_maps(rng, (2, 2, 8))
+    rows, sim = match.global_shortlist(query, db, 5)
+    ref_idx, ref_sim = naive_topk(query.reshape(1, -1), db.reshape(30, -1), 5)
+    np.testing.assert_array_equal(rows, ref_idx[0])
+    np.testing.assert_allclose(sim, ref_sim[0], atol=1e-6)
+    assert rows.dtype == np.int32
+    sub = np.array([29, 3, 7, 11])
+    rows2, _ = match.global_shortlist(query, db, 2, rows=sub)
+    sub_idx, _ = naive_topk(query.reshape(1, -1), db[sub].reshape(len(sub), -1), 2)
+    np.testing.assert_array_equal(rows2, sub[sub_idx[0]])
+
+
+def pooled(maps, f):
+    """Average pooling by f over the two spatial axes of (..., H, W, C)."""
+    s = maps.shape
+    return maps.reshape(*s[:-3], s[-3] // f, f, s[-2] // f, f, s[-1]).mean(axis=(-4, -2)).astype(np.float32)
+
+
+def pyramid(rng, n=5, h=16, w=12, c=6):
+    db = relu_maps(rng, (n, h, w, c))
+    q = relu_maps(rng, (h, w, c))
+    return dict(query_fine=q, db_fine=db, query_coarse=pooled(q, 4), db_coarse=pooled(db, 4),
+                query_global=q.mean(axis=(0, 1)), db_global=db.mean(axis=(1, 2)))
+
+
+def test_hierarchical_without_pruning_reproduces_exact(rng):
+    p = pyramid(rng)
+    n, hc, wc = p["db_coarse"].shape[:3]
+    exact = match.patches(p["query_fine"], p["db_fine"], kernel=4, k=2)
+    for ck in (None, n * hc * wc):  # None skips the coarse stage; all positions runs the pruned path
+        res = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=n, coarse_k=ck, margin=0, k=2, **p)
+        np.testing.assert_allclose(res.similarity, exact.similarity, atol=1e-5)
+        same = (res.image == exact.image) & (res.y == exact.y) & (res.x == exact.x)
+        assert same[..., 0].mean() > 0.99
+
+
+def test_hierarchical_pruned_is_a_restriction_of_exact(rng):
+    p = pyramid(rng, n=8)
+    exact = match.patches(p["query_fine"], p["db_fine"], kernel=4)
+    res = match.hierarchical(kernel_fine=4, kernel_coarse=1, shortlist=3, coarse_k=2, margin=1, **p)
+    assert (res.similarity[..., 0] <= exact.similarity[..., 0] + 1e-5).all()
+    rows, _ = match.global_shortlist(p["query_global"], p["db_global"], 3)
+    assert np.isin(res.image, rows).all()
+    check_candidates_respected(p, res, rows, coarse_k=2, margin=1)
+
+
+def check_candidates_respected(p, res, rows, coarse_k, margin):
+    """Every fine match lies inside (margin-widened) fine region of one of its cell's coarse candidates."""
+    coarse = match.patches(p["query_coarse"], p["db_coarse"], kernel=1, k=coarse_k, rows=rows)
+    H, W = p["query_fine"].shape[:2]
+    Hc, Wc = p["query_coarse"].shape[:2]
+    Hf, Wf = p["db_fine"].shape[1:3]
+    Hcd, Wcd = p["db_coarse"].shape[1:3]
+    for y in range(H):
+        for x in range(W):
+            cy, cx = y * Hc // H, x * Wc // W
+            ok = False
+            for j in range(coarse_k):
+                r, my, mx = coarse.image[cy, cx, j], coarse.y[cy, cx, j], coarse.x[cy, cx, j]
+                fy, fx = res.y[y, x, 0], res.x[y, x, 0]
+                ok |= (res.image[y, x, 0] == r and my * Hf // Hcd - margin <= fy < (my + 1) * Hf // Hcd + margin
+                       and mx * Wf // Wcd - margin <= fx < (mx + 1) * Wf // Wcd + margin)
+            assert ok, (y, x)
+
+
+def test_hierarchical_finds_a_copy_of_the_query(rng):
+    p = pyramid(rng, n=6)
+    p["db_fine"][4] = p["query_fine"]
+    p["db_coarse"][4] = p["query_coarse"]
+    p["db_global"][4] = p["query_global"]
+    res = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=2, coarse_k=1, margin=0, **p)
+    assert (res.image == 4).all()
+    np.testing.assert_allclose(res.similarity, 1.0, atol=1e-5)
+
+
+def test_hierarchical_identical_for_any_thread_count(rng):
+    p = pyramid(rng, n=6, h=24, w=20)
+    base = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=4, coarse_k=3, k=2, threads=1, **p)
+    for t in (2, 4):
+        out = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=4, coarse_k=3, k=2, threads=t, **p)
+        for f in ("image", "y", "x", "similarity"):
+            np.testing.assert_array_equal(getattr(out, f), getattr(base, f))
+
+
+# ---- argument checks: each names the argument -------------------------------------------------------
+
+def test_bad_arguments_name_the_argument(rng):
+    q = relu_maps(rng, (4, 4, 3))
+    db = relu_maps(rng, (2, 4, 4, 3))
+    cases = [
+        (lambda: match.patches(q.astype(np.float64), db, kernel=2), TypeError, "query"),
+        (lambda: match.patches(q, db.astype(np.int32), kernel=2), TypeError, "database"),
+        (lambda: match.patches(q[None], db, kernel=2), ValueError, "query"),
+        (lambda: match.patches(q, np.ascontiguousarray(db[..., :2]), kernel=2), ValueError, "channels"),
+        (lambda: match.patches(q[:, ::2], db, kernel=2), ValueError, "C-contiguous"),
+        (lambda: match.patches(q, db, kernel=0), ValueError, "kernel"),
+        (lambda: match.patches(q, db, kernel=2, k=33), ValueError, "k"),
+        (lambda: match.patches(q, db, kernel=2, rows=[0, 0]), ValueError, "rows"),
+        (lambda: match.patches(q, db, kernel=2, rows=[2]), ValueError, "rows"),
+        (lambda: match.patches(q, db, kernel=2, rows=[]), ValueError, "rows"),
+        (lambda: match.patches(q, db, kernel=2, rows=[0.5]), TypeError, "rows"),
+        (lambda: match.patches(q, db, kernel=2, threads=0), ValueError, "threads"),
+        (lambda: match.patches(q, db[:0], kernel=2), ValueError, "database"),
+        (lambda: match.patches([[1.0]], db, kernel=2), TypeError, "query"),
+        (lambda: match.exact(q[0], db[0, 0], k=5), ValueError, "k"),
+        (lambda: match.exact(q[0], np.ascontiguousarray(db[0, 0, :, :2])), ValueError, "dims"),
+        (lambda: match.global_shortlist(q, db, 3), ValueError, "S"),
+        (lambda: match.global_shortlist(q[0], db, 1), ValueError, "database"),
+    ]
+    for fn, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            fn()
+
+
+def test_non_finite_values_are_rejected(rng):
+    q = relu_maps(rng, (4, 4, 3))
+    db = relu_maps(rng, (2, 4, 4, 3))
+    bad_q = q.copy()
+    bad_q[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="query"):
+        match.patches(bad_q, db, kernel=2)
+    bad_db = db.copy()
+    bad_db[1, 3, 3, 2] = np.inf
+    with pytest.raises(ValueError, match="database"):
+        match.patches(q, bad_db, kernel=2)
+    with pytest.raises(ValueError, match="database"):
+        match.exact(q[0], bad_db[1, 3])
+
+
+def test_empty_query_map_gives_empty_matches(rng):
+    db = relu_maps(rng, (2, 4, 4, 3))
+    res = match.patches(np.zeros((0, 5, 3), np.float32), db, kernel=3, k=2)
+    assert res.image.shape == (0, 5, 2)
+    idx, sim = match.exact(np.zeros((0, 3), np.float32), db[0, 0])
+    assert idx.shape == (0, 1)
+
+
+def test_hierarchical_bad_arguments(rng):
+    p = pyramid(rng)
+    with pytest.raises(ValueError, match="shortlist"):
+        match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=99, **p)
+    with pytest.raises(ValueError, match="margin"):
+        match.hierarchical(kernel_fine=4, kernel_coarse=2, margin=-1, shortlist=2, **p)
+    q = dict(p, db_global=p["db_global"][:3])
+    with pytest.raises(ValueError, match="db_global"):
+        match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=2, **q)
+    q = dict(p, query_coarse=relu_maps(rng, (32, 32, 6)))
+    with pytest.raises(ValueError, match="query_coarse"):
+        match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=2, **q)

@@ -1,0 +1,106 @@
+"""Export of a trained network's activations into an ActivationStore (compnn_py.store): one forward
+pass per image writes every selected named layer, the input image, its ground truth and the CNN's own
+output (the paper's self-supervised labels, Eq. 8). Also the per-architecture layer geometry and
+CompNN match spec, looked up from the model's name.
+
+Rows go straight into the store's memmaps, so a split larger than RAM exports; the store publishes its
+manifest only when every row is written, so an interrupted export never looks complete.
+"""
+
+import numpy as np
+import keras
+from tqdm import tqdm
+
+from compnn_py.store import ActivationStore
+
+from . import pix2pix, segnet
+
+_MODULES = {pix2pix.GENERATOR_NAME: pix2pix, segnet.BASIC_NAME: segnet, segnet.VGG16_NAME: segnet}
+
+
+def _module(model):
+    if not isinstance(model, keras.Model) or model.name not in _MODULES:
+        raise ValueError(f"model must be a network built by tf_models ({sorted(_MODULES)}), "
+                         f"got {getattr(model, 'name', type(model).__name__)!r}")
+    return _MODULES[model.name]
+
+
+def layer_geometry(model):
+    """{layer name: {"kernel": K, "stride": s}} for every exportable named map of ``model``."""
+    return _module(model).layer_geometry(model)
+
+
+def model_match_spec(model):
+    """{"global", "coarse", "fine", "decode2": layer names, "kernel": {layer: K}, "stride": {layer: s}}."""
+    return _module(model).match_spec(model)
+
+
+def _check_uint8(a, name, ndims):
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8:
+        raise TypeError(f"{name} must be a uint8 numpy array, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+    if a.ndim not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dims, got shape {a.shape}")
+
+
+def export_split(model, inputs, labels, ids, store_path, *, model_name, task, label_kind, postprocess,
+                 layers=None, dtype="float16", image_meta=None, metadata=None, batch_size=4,
+                 progress=True, overwrite=False):
+    """Runs ``model`` in inference mode over uint8 ``inputs`` (N, H, W, C) and writes a store at
+    ``store_path``. ``labels``: uint8 ground truth (N, H, W) ids or (N, H, W, 3) images, or None.
+    ``postprocess`` maps the model's output batch (numpy float: tanh range for Pix2Pix, logits for
+    SegNet) to uint8 cnn_outputs (B, H, W) or (B, H, W, 3), e.g. ``pix2pix.output_to_rgb`` or
+    ``segnet.logits_to_labels``. ``layers``: names to store (default every named map). The match
+    spec and architecture are added to the store's metadata. Returns the opened store."""
+    module = _module(model)
+    _check_uint8(inputs, "inputs", (4,))
+    n = len(inputs)
+    if n == 0 or tuple(inputs.shape[1:]) != tuple(model.input.shape[1:]):
+        raise ValueError(f"inputs must be (N>0, {', '.join(map(str, model.input.shape[1:]))}) for this "
+                         f"model, got {inputs.shape}")
+    if labels is not None:
+        _check_uint8(labels, "labels", (3, 4))
+        if labels.shape[:3] != inputs.shape[:3]:
+            raise ValueError(f"labels {labels.shape} do not match inputs {inputs.shape}")
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"ids must name the {n} images, got {len(ids)}")
+    if not callable(postprocess):
+        raise TypeError("postprocess must be callable: output batch -> uint8 cnn_outputs")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    geometry = module.layer_geometry(model)
+    layers = list(geometry) if layers is None else list(layers)
+    unknown = [name for name in layers if name not in geometry]
+    if unknown or not layers:
+        raise ValueError(f"layers {unknown} are not named maps of {model.name}; choose from {list(geometry)}")
+
+    features = keras.Model(model.input, [model.get_layer(name).output for name in layers] + [model.output])
+
+    def forward(i):
+        outs = features(inputs[i: i + batch_size].astype(np.float32), training=False)
+        acts = [np.asarray(a) for a in outs[:-1]]
+        out = np.asarray(postprocess(np.asarray(outs[-1])))
+        b = min(batch_size, n - i)
+        if out.dtype != np.uint8 or out.ndim not in (3, 4) or out.shape[:3] != (b, *inputs.shape[1:3]):
+            raise ValueError(f"postprocess must return uint8 (B, H, W) or (B, H, W, 3) with B, H, W = "
+                             f"{(b, *inputs.shape[1:3])}, got {out.dtype} {out.shape}")
+        return acts, out
+
+    first = forward(0)
+    meta = dict(metadata or {}, architecture=model.name, match_spec=module.match_spec(model))
+    writer = ActivationStore.create(
+        store_path, n_images=n, layers={name: a.shape[1:] for name, a in zip(layers, first[0])},
+        image_shape=inputs.shape[1:], label_shape=None if labels is None else labels.shape[1:],
+        output_shape=first[1].shape[1:], image_ids=ids, model=model_name, task=task,
+        label_kind=label_kind, dtype=dtype, layer_meta={name: geometry[name] for name in layers},
+        metadata=meta, image_meta=image_meta, overwrite=overwrite)
+    with writer:
+        for i in tqdm(range(0, n, batch_size), desc=f"export {model_name}/{task}", disable=not progress,
+                      unit="batch"):
+            acts, out = first if i == 0 else forward(i)
+            for j in range(len(out)):
+                writer.write(i + j, activations={name: a[j] for name, a in zip(layers, acts)},
+                             image=inputs[i + j], cnn_output=out[j],
+                             label=None if labels is None else labels[i + j])
+    return ActivationStore.open(store_path)

@@ -1,0 +1,380 @@
+"""Training of Pix2Pix and SegNet on numpy arrays: the tf.data input pipelines (Pix2Pix jitter),
+tf.function train steps, checkpoints with resume in a run directory, SegNet validation metrics, and
+`load_model` that rebuilds a trained network from its run directory.
+
+A run directory holds ``config.json`` (architecture, builder arguments, training settings),
+``checkpoints/`` (tf.train.CheckpointManager: the network under the key ``model``, plus the
+discriminator and optimizer states) and ``history.json`` (logged losses, validation scores). The data
+order and every random draw of the input pipeline are functions of (seed, sample number), so a
+resumed run sees exactly the batches an uninterrupted one would have seen.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from compnn_py.metrics import evaluate_segmentation
+
+from . import pix2pix, segnet
+
+CONFIG = "config.json"
+HISTORY = "history.json"
+CKPT_DIR = "checkpoints"
+JITTER_SCALE = 286 / 256  # the reference resizes 256 -> 286 before cropping back
+
+
+# ---- input checks -------------------------------------------------------------------------------
+def _images(a, name, channels=None):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8, got {a.dtype}")
+    if a.ndim != 4 or (channels is not None and a.shape[3] != channels) or len(a) == 0:
+        raise ValueError(f"{name} must be a non-empty (N, H, W, {channels or 'C'}) array, got {a.shape}")
+    return a
+
+
+def _labels(a, name, num_classes, like):
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8:
+        raise TypeError(f"{name} must be a uint8 numpy array of class ids (255 = ignore)")
+    if a.shape != like.shape[:3]:
+        raise ValueError(f"{name} must have shape {like.shape[:3]} to match the images, got {a.shape}")
+    bad = (a >= num_classes) & (a != segnet.IGNORE)
+    if bad.any():
+        raise ValueError(f"{name} holds ids {np.unique(a[bad])[:5].tolist()} outside 0..{num_classes - 1} "
+                         f"and {segnet.IGNORE} (ignore)")
+    return a
+
+
+def _num_steps(steps, epochs, n, batch_size):
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps or epochs")
+    if steps is not None:
+        if int(steps) <= 0:
+            raise ValueError(f"steps must be positive, got {steps}")
+        return int(steps)
+    if int(epochs) <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    return int(epochs) * max(1, n // batch_size)
+
+
+def sample_order(n, count, seed):
+    """The first ``count`` image indices of an endless sequence of seeded per-epoch shuffles."""
+    rng = np.random.default_rng(seed)
+    reps = -(-count // n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count].astype(np.int32)
+
+
+# ---- pipelines ----------------------------------------------------------------------------------
+def jitter_pair(a, b, seed):
+    """The reference's random jitter with one draw for both images: area-resize to 286/256 of the
+    size, random crop back, random left-right flip. ``seed`` is a stateless seed (2 int32/int64)."""
+    size = a.shape[0]
+    scale = int(round(size * JITTER_SCALE))
+    ab = tf.concat([tf.cast(a, tf.float32), tf.cast(b, tf.float32)], axis=-1)
+    ab = tf.image.resize(ab, [scale, scale], method="area")
+    off = tf.random.stateless_uniform([2], seed, 0, scale - size + 1, dtype=tf.int32)
+    ab = ab[off[0]: off[0] + size, off[1]: off[1] + size]
+    flip = tf.random.stateless_uniform([], tf.stack([seed[1], seed[0]]), 0, 1) < 0.5
+    ab = tf.cond(flip, lambda: tf.reverse(ab, [1]), lambda: ab)
+    return ab[..., : a.shape[-1]], ab[..., a.shape[-1]:]
+
+
+def pix2pix_dataset(inputs, targets, *, batch_size=1, seed=0, jitter=True, start_step=0, num_steps):
+    """Batches (input, target) as float32 in 0..255 for steps start_step..start_step+num_steps-1."""
+    first, last = start_step * batch_size, (start_step + num_steps) * batch_size
+    order = sample_order(len(inputs), last, seed)[first:]
+    a, b = tf.constant(inputs), tf.constant(targets)
+
+    def load(i, sample):
+        x, y = tf.gather(a, i), tf.gather(b, i)
+        if jitter:
+            return jitter_pair(x, y, tf.stack([tf.constant(seed, tf.int64), sample]))
+        return tf.cast(x, tf.float32), tf.cast(y, tf.float32)
+
+    ds = tf.data.Dataset.from_tensor_slices((order, np.arange(first, last, dtype=np.int64)))
+    return ds.map(load, num_parallel_calls=2, deterministic=True).batch(batch_size).prefetch(2)
+
+
+def segnet_dataset(inputs, labels, *, batch_size=4, seed=0, start_step=0, num_steps):
+    """Shuffled (image float32 0..255, labels uint8) batches, as the tutorial's data layer (no jitter)."""
+    first, last = start_step * batch_size, (start_step + num_steps) * batch_size
+    order = sample_order(len(inputs), last, seed)[first:]
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    a, b = tf.constant(inputs), tf.constant(labels)
+    return ds.map(lambda i: (tf.cast(tf.gather(a, i), tf.float32), tf.gather(b, i))).prefetch(2)
+
+
+# ---- run directory --------------------------------------------------------------------------------
+def _prepare_run(run_dir, config, resume):
+    """Writes config.json for a fresh run, or checks that a resumed run is the same experiment."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if path.exists():
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run; pass resume=True or use a new run_dir")
+        old = json.loads(path.read_text())
+        for key in ("arch", "builder", "seed", "batch_size"):
+            if old.get(key) != config[key]:
+                raise ValueError(f"cannot resume {run_dir}: its {key} is {old.get(key)!r}, "
+                                 f"this call asks for {config[key]!r}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=1))
+    os.replace(tmp, path)
+    return run_dir
+
+
+def _load_history(run_dir, step):
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return {"train": [], "val": []}
+    hist = json.loads(path.read_text())
+    # Entries logged after the restored checkpoint belong to work that was lost.
+    return {k: [e for e in v if e["step"] <= step] for k, v in hist.items()}
+
+
+def _save(manager, ckpt, run_dir, history):
+    manager.save(checkpoint_number=int(ckpt.step.numpy()))
+    tmp = Path(run_dir) / (HISTORY + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, Path(run_dir) / HISTORY)
+
+
+def _restore(ckpt, manager, resume):
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return int(ckpt.step.numpy())
+
+
+def _set_seed(seed):
+    keras.utils.set_random_seed(int(seed))
+
+
+# ---- Pix2Pix ------------------------------------------------------------------------------------
+def train_pix2pix(inputs, targets, run_dir, *, steps=None, epochs=None, seed=0, ngf=64, ndf=64,
+                  depth=None, batch_size=1, lr=2e-4, beta1=0.5, l1_weight=100.0, gan_weight=1.0,
+                  jitter=True, innermost_norm=False, bn_inference="image", dropout_at_inference=False,
+                  checkpoint_every=1000, log_every=50, resume=True, progress=True, jit_compile=False):
+    """Trains the Pix2Pix generator and PatchGAN on uint8 (N, S, S, C) pairs; returns
+    (generator, history). ``steps`` or ``epochs`` is the total for the run (a resumed run continues
+    to it). history["train"]: mean discrim/GAN/L1 losses and steps/s per ``log_every`` steps."""
+    inputs = _images(inputs, "inputs")
+    targets = _images(targets, "targets")
+    n, size = len(inputs), inputs.shape[1]
+    if inputs.shape[2] != size or targets.shape[:3] != inputs.shape[:3]:
+        raise ValueError(f"inputs must be square and targets the same size: {inputs.shape} vs {targets.shape}")
+    total = _num_steps(steps, epochs, n, batch_size)
+    builder = dict(image_size=int(size), in_channels=int(inputs.shape[3]),
+                   out_channels=int(targets.shape[3]), ngf=int(ngf),
+                   depth=int(depth or pix2pix.default_depth(size)), innermost_norm=bool(innermost_norm),
+                   bn_inference=bn_inference, dropout_at_inference=bool(dropout_at_inference))
+    config = dict(arch="pix2pix", builder=builder, seed=int(seed), batch_size=int(batch_size),
+                  discriminator=dict(ndf=int(ndf)), lr=lr, beta1=beta1, l1_weight=l1_weight,
+                  gan_weight=gan_weight, jitter=bool(jitter), steps=total)
+    run_dir = _prepare_run(run_dir, config, resume)
+
+    _set_seed(seed)
+    gen = pix2pix.build_generator(**builder, seed=int(seed))
+    disc = pix2pix.build_discriminator(size, builder["in_channels"], builder["out_channels"], ndf=int(ndf),
+                                       bn_inference=bn_inference)
+    g_opt = keras.optimizers.Adam(lr, beta_1=beta1)
+    d_opt = keras.optimizers.Adam(lr, beta_1=beta1)
+    g_opt.build(gen.trainable_variables)
+    d_opt.build(disc.trainable_variables)
+    ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=gen, discriminator=disc,
+                               g_opt=g_opt, d_opt=d_opt)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / CKPT_DIR), max_to_keep=2)
+    start = _restore(ckpt, manager, resume)
+    history = _load_history(run_dir, start)
+    if start >= total:
+        return gen, history
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(x, t):
+        x_pre = x / 127.5 - 1.0
+        t_pre = t / 127.5 - 1.0
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            out = gen(x, training=True)
+            p_real = disc([x_pre, t_pre], training=True)
+            p_fake = disc([x_pre, out], training=True)
+            d_loss = pix2pix.discriminator_loss(p_real, p_fake)
+            g_loss, gan, l1 = pix2pix.generator_losses(p_fake, out, t_pre, l1_weight, gan_weight)
+        d_opt.apply_gradients(zip(d_tape.gradient(d_loss, disc.trainable_variables),
+                                  disc.trainable_variables))
+        g_opt.apply_gradients(zip(g_tape.gradient(g_loss, gen.trainable_variables),
+                                  gen.trainable_variables))
+        return tf.stack([d_loss, gan, l1])
+
+    data = pix2pix_dataset(inputs, targets, batch_size=batch_size, seed=seed, jitter=jitter,
+                           start_step=start, num_steps=total - start)
+    keys = ("discrim_loss", "gen_loss_GAN", "gen_loss_L1")
+    _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys, checkpoint_every,
+          log_every, progress, "pix2pix")
+    return gen, history
+
+
+def _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys, checkpoint_every,
+          log_every, progress, desc, validate=None, val_every=None):
+    """Runs the steps, logging mean losses and training steps/s (validation and checkpoint time
+    excluded) every ``log_every`` steps, validating every ``val_every`` steps and at the end."""
+    acc, count, busy = np.zeros(len(keys)), 0, 0.0
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    batches = iter(data)
+    while int(ckpt.step.numpy()) < total:
+        t0 = time.perf_counter()
+        losses = train_step(*next(batches)).numpy()
+        busy += time.perf_counter() - t0
+        if not np.isfinite(losses).all():
+            raise FloatingPointError(f"{desc}: non-finite loss {dict(zip(keys, losses))} at step "
+                                     f"{int(ckpt.step.numpy()) + 1}; lower the learning rate")
+        ckpt.step.assign_add(1)
+        step = int(ckpt.step.numpy())
+        acc += losses
+        count += 1
+        bar.update(1)
+        if count == log_every or step == total:
+            entry = {"step": step, **{k: float(v) for k, v in zip(keys, acc / count)},
+                     "steps_per_sec": count / busy}
+            history["train"].append(entry)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "step"})
+            acc, count, busy = np.zeros(len(keys)), 0, 0.0
+        if validate is not None and (step % val_every == 0 or step == total):
+            history["val"].append({"step": step, **validate()})
+            bar.write(f"{desc} step {step}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in history["val"][-1].items() if k != "step"))
+        if step % checkpoint_every == 0 or step == total:
+            _save(manager, ckpt, run_dir, history)
+    bar.close()
+
+
+# ---- SegNet -------------------------------------------------------------------------------------
+_SEGNET_BUILDERS = {"basic": segnet.build_segnet_basic, "vgg16": segnet.build_segnet_vgg16}
+_SEGNET_LR = {"basic": 0.1, "vgg16": 0.001}  # the tutorial's solver base_lr
+
+
+def label_predictor(model, batch_size=8):
+    """A function: uint8 images (N, H, W, 3) -> uint8 (N, H, W) argmax labels of a SegNet in
+    inference mode (traced once, so it is cheap to call repeatedly, e.g. for validation)."""
+    infer = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32))
+
+    def predict(inputs):
+        return np.concatenate([infer(tf.constant(inputs[i: i + batch_size], tf.float32)).numpy()
+                               for i in range(0, len(inputs), batch_size)]).astype(np.uint8)
+    return predict
+
+
+def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes=11,
+                 class_weights=segnet.CAMVID_CLASS_WEIGHTS, steps=None, epochs=None, batch_size=4,
+                 lr=None, momentum=0.9, weight_decay=5e-4, seed=0, bn_inference="moving",
+                 val_every=None, checkpoint_every=1000, log_every=20, resume=True, progress=True,
+                 jit_compile=False):
+    """Trains SegNet (``arch`` "basic" or "vgg16") with the class-weighted loss, SGD with momentum
+    and L2 weight decay on conv kernels (the tutorial's solver); ``lr`` defaults to its base_lr.
+    ``labels`` uint8 (N, H, W), 255 = ignore. With ``val=(images, labels)`` scores pixel accuracy,
+    mean class accuracy and mIoU (void ignored) every ``val_every`` steps (default: every epoch) and
+    at the end. Returns (model, history)."""
+    if arch not in _SEGNET_BUILDERS:
+        raise ValueError(f"arch must be one of {sorted(_SEGNET_BUILDERS)}, got {arch!r}")
+    inputs = _images(inputs, "inputs", 3)
+    labels = _labels(labels, "labels", num_classes, inputs)
+    if val is not None:
+        if len(val) != 2:
+            raise ValueError("val must be a pair (images, labels) or None")
+        val = (_images(val[0], "val[0]", 3), _labels(val[1], "val[1]", num_classes, val[0]))
+    if len(class_weights) != num_classes or not np.all(np.isfinite(class_weights)):
+        raise ValueError(f"class_weights must be {num_classes} finite numbers, got {class_weights!r}")
+    total = _num_steps(steps, epochs, len(inputs), batch_size)
+    lr = _SEGNET_LR[arch] if lr is None else float(lr)
+    builder = dict(input_shape=[int(s) for s in inputs.shape[1:]], num_classes=int(num_classes),
+                   bn_inference=bn_inference)
+    config = dict(arch=f"segnet_{arch}", builder=builder, seed=int(seed), batch_size=int(batch_size),
+                  lr=lr, momentum=momentum, weight_decay=weight_decay,
+                  class_weights=[float(w) for w in class_weights], steps=total)
+    run_dir = _prepare_run(run_dir, config, resume)
+
+    _set_seed(seed)
+    model = _SEGNET_BUILDERS[arch](**builder)
+    opt = keras.optimizers.SGD(lr, momentum=momentum)
+    opt.build(model.trainable_variables)
+    ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model, opt=opt)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / CKPT_DIR), max_to_keep=2)
+    start = _restore(ckpt, manager, resume)
+    history = _load_history(run_dir, start)
+    if start >= total:
+        return model, history
+
+    weights = [float(w) for w in class_weights]
+    variables = model.trainable_variables
+    decays = [weight_decay if v.name == "kernel" else 0.0 for v in variables]
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = segnet.weighted_cross_entropy(model(x, training=True), y, weights)
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients([(g + d * v, v) if d else (g, v) for g, v, d in zip(grads, variables, decays)])
+        return tf.stack([loss])
+
+    predict = label_predictor(model)
+
+    def validate():
+        pred = predict(val[0])
+        s = evaluate_segmentation(pred, val[1], num_classes)
+        return {k: s[k] for k in ("pixel_accuracy", "mean_class_accuracy", "mean_iou")}
+
+    data = segnet_dataset(inputs, labels, batch_size=batch_size, seed=seed, start_step=start,
+                          num_steps=total - start)
+    _loop(data, train_step, ckpt, manager, run_dir, history, start, total, ("loss",), checkpoint_every,
+          log_every, progress, f"segnet_{arch}", validate=validate if val is not None else None,
+          val_every=int(val_every or max(1, len(inputs) // batch_size)))
+    return model, history
+
+
+# ---- loading ------------------------------------------------------------------------------------
+_BUILDERS = {"pix2pix": pix2pix.build_generator, "segnet_basic": segnet.build_segnet_basic,
+             "segnet_vgg16": segnet.build_segnet_vgg16}
+
+
+def load_config(run_dir):
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a training run directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt: {e}") from e
+
+
+def load_model(run_dir, *, expect=None, **overrides):
+    """Rebuilds the trained network of ``run_dir`` (the generator for Pix2Pix) from its config and
+    restores the latest checkpoint. ``expect`` ("pix2pix", "segnet_basic", "segnet_vgg16") guards
+    against loading the wrong kind of run; ``overrides`` change inference-only builder options
+    (bn_inference, dropout_at_inference)."""
+    config = load_config(run_dir)
+    arch = config.get("arch")
+    if arch not in _BUILDERS:
+        raise ValueError(f"{run_dir}: unknown architecture {arch!r} in {CONFIG}")
+    if expect is not None and arch != expect:
+        raise ValueError(f"{run_dir} holds a {arch} checkpoint, expected {expect}")
+    allowed = {"bn_inference", "dropout_at_inference"}
+    if set(overrides) - allowed:
+        raise ValueError(f"only {sorted(allowed)} can be overridden at load, got {sorted(overrides)}")
+    if arch.startswith("segnet") and "dropout_at_inference" in overrides:
+        raise ValueError("SegNet has no dropout; dropout_at_inference does not apply")
+    model = _BUILDERS[arch](**dict(config["builder"], **overrides))
+    latest = tf.train.latest_checkpoint(str(Path(run_dir) / CKPT_DIR))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / CKPT_DIR}")
+    try:
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"checkpoint {latest} does not fit a {arch} built from {CONFIG} "
+                         f"(another architecture?): {e}") from e
+    return model
