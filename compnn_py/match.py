@@ -146,6 +146,8 @@ def exact(queries, database, *, k=1, threads=None) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"database: {d.shape[1]} dims do not match queries' {q.shape[1]}")
     if d.shape[0] == 0:
         raise ValueError("database: has no rows to search")
+    if q.shape[1] == 0:
+        raise ValueError("queries: have 0 dims")
     k = _int("k", k, 1, d.shape[0])
     _finite("queries", q)
     return _core.exact(q, d, [], k, _threads(threads))

@@ -78,7 +78,7 @@ def train_model(d: Path, cfg, spec, data_stage: Path) -> None:
         _, history = tft.train_segnet(tr.inputs, tr.targets, d, val=(q.inputs, q.targets),
                                       arch=cfg.model.removeprefix("segnet_"), num_classes=spec.num_classes,
                                       steps=cfg.steps, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                      seed=cfg.seed)
+                                      seed=cfg.seed, checkpoint_every=max(1, len(tr.ids) // cfg.batch_size))
     (d / "history.json").write_text(json.dumps(history, default=float))
 
 
@@ -132,7 +132,8 @@ def _match_kwargs(cfg, ms: dict[str, Any], method: str, threads) -> dict[str, An
     return kw
 
 
-def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads) -> None:
+def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
+               exact_queries: int | None = None) -> None:
     db, query = open_stores(export_dir)
     ms = db.metadata["match_spec"]
     fine = ms["fine"]
@@ -146,12 +147,14 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads)
     for q in tqdm(range(len(query)), desc="CompNN queries", unit="img"):
         comps = {}
         for m in methods:
+            if m != main and exact_queries is not None and q >= exact_queries:
+                continue
             t = time.perf_counter()
             comps[m] = compose.compnn(db, query, q, layer=fine, target="cnn_outputs",
                                       **_match_kwargs(cfg, ms, m, threads))
             seconds[m].append(time.perf_counter() - t)
         comp = comps[main]
-        if len(methods) == 2:
+        if len(comps) == 2:
             a, b = comps["exact"].matches, comps["hierarchical"].matches
             same = (a.image[..., 0] == b.image[..., 0]) & (a.y[..., 0] == b.y[..., 0]) & (a.x[..., 0] == b.x[..., 0])
             agree_match.append(float(same.mean()))

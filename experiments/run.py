@@ -41,6 +41,8 @@ flags.DEFINE_bool("force", False, "Redo the selected stages even when cached.")
 flags.DEFINE_enum("match_method", "both", ["exact", "hierarchical", "both"], "Matcher for CompNN: exact "
                   "search over every training position, the hierarchical prune, or both (Table 1 uses "
                   "hierarchical when both, and reports their agreement).")
+flags.DEFINE_integer("exact_queries", None, "With --match_method=both, run the (slow) exact search only on "
+                     "the first N query images to measure the hierarchical prune against it (default: all).")
 flags.DEFINE_integer("shortlist", None, "Hierarchical matcher: images kept by the bottleneck shortlist (S). "
                      "Paper: 100 for Cityscapes, 10 for CamVid.")
 flags.DEFINE_integer("coarse_k", None, "Hierarchical matcher: candidates kept per coarse position.")
@@ -94,7 +96,8 @@ def _settings():
     return cfg, data_dir, checkpoint, out_dir
 
 
-def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, threads, query_split):
+def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, threads, query_split,
+        exact_queries=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "cache"
     spec = pipeline.task_spec(cfg.task)
@@ -108,10 +111,12 @@ def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, thre
         train = Stage(cache, "train", {"checkpoint": str(checkpoint),
                                        "mtime": pipeline.checkpoint_stamp(checkpoint)})
     else:
-        train = Stage(cache, "train", {"data": data.key, "cfg": cfg.as_dict()}, resumable=True)
-    export = Stage(cache, "export", {"data": data.key, "train": train.key})
+        length = {"steps": cfg.steps, "epochs": cfg.epochs}
+        fixed = {k: v for k, v in cfg.as_dict().items() if k not in length}
+        train = Stage(cache, "train", {"data": data.key, "cfg": fixed}, resumable=True, target=length)
+    export = Stage(cache, "export", {"data": data.key, "train": train.key, "length": train.target})
     knobs = {"method": match_method, "shortlist": cfg.shortlist, "coarse_k": cfg.coarse_k,
-             "margin": cfg.margin}
+             "margin": cfg.margin, "exact_queries": exact_queries}
     compnn = Stage(cache, "compnn", {"export": export.key, "match": knobs})
     analyses = Stage(cache, "analyses", {"export": export.key, "match": knobs, "panels": cfg.n_panels})
     report = Stage(cache, "report", {"compnn": compnn.key, "analyses": analyses.key, "out": str(out_dir)})
@@ -135,7 +140,8 @@ def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, thre
         go("train", train, lambda d: pipeline.train_model(d, cfg, spec, data.dir))
         model_dir = train.dir
     go("export", export, lambda d: pipeline.export_stores(d, cfg, spec, data.dir, model_dir))
-    go("compnn", compnn, lambda d: pipeline.run_compnn(d, cfg, spec, export.dir, match_method, threads))
+    go("compnn", compnn, lambda d: pipeline.run_compnn(d, cfg, spec, export.dir, match_method, threads,
+                                                       exact_queries))
     go("analyses", analyses, lambda d: pipeline.run_analyses(d, cfg, spec, export.dir, threads))
     timings = [(name, stage.seconds) for name, stage in ordered]
     go("report", report, lambda d: pipeline.write_outputs(d, out_dir, cfg, spec, data_dir, export.dir,
@@ -153,7 +159,8 @@ def main(argv):
     try:
         cfg, data_dir, checkpoint, out_dir = _settings()
         ordered = run(cfg, data_dir, checkpoint, out_dir, stages=set(FLAGS.stages), force=FLAGS.force,
-                      match_method=FLAGS.match_method, threads=FLAGS.threads, query_split=FLAGS.query_split)
+                      match_method=FLAGS.match_method, threads=FLAGS.threads, query_split=FLAGS.query_split,
+                      exact_queries=FLAGS.exact_queries)
     except (UserError, pipeline.PipelineError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 
 A stage directory is `<run_dir>/<name>-<hash of config>`; it counts as done only once `DONE.json`
 (its config and wall time) was written, last. An interrupted stage is cleared and redone, except a
-resumable one (training), which keeps its directory so it can continue from its checkpoints.
+resumable one (training), which keeps its directory so it can continue from its checkpoints; its
+`target` (the training length) is checked but left out of the key, so asking for more epochs
+continues the same run instead of starting over.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Stage:
     name: str
     config: dict[str, Any]
     resumable: bool = False
+    target: dict[str, Any] = field(default_factory=dict)   # must match too, but is not part of the key
     seconds: float = field(default=0.0, init=False)
     skipped: bool = field(default=False, init=False)
 
@@ -42,7 +45,9 @@ class Stage:
         return Path(self.run_dir) / f"{self.name}-{self.key}"
 
     def done(self) -> bool:
-        return (self.dir / DONE).exists()
+        """Finished, and for the same target (a resumable stage asked for more steps is not done)."""
+        path = self.dir / DONE
+        return path.exists() and json.loads(path.read_text()).get("target", {}) == self.target
 
     def run(self, fn: Callable[[Path], Any], *, force: bool = False) -> Any:
         """Run `fn(stage_dir)` unless the stage is done (then return None: the caller loads from `dir`)."""
@@ -60,7 +65,7 @@ class Stage:
         result = fn(self.dir)
         self.seconds = time.perf_counter() - start
         tmp = self.dir / (DONE + ".tmp")
-        tmp.write_text(json.dumps({"config": self.config, "seconds": self.seconds}, indent=1, default=str))
+        tmp.write_text(json.dumps({"config": self.config, "target": self.target, "seconds": self.seconds}, indent=1, default=str))
         tmp.replace(self.dir / DONE)
         logging.info("stage %s: done in %.1f s", self.name, self.seconds)
         return result

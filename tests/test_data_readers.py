@@ -7,7 +7,7 @@ from scipy.ndimage import maximum_filter, minimum_filter
 from compnn_py.data import colorize, load_split, snap_to_palette
 from compnn_py.data.camvid import camvid_pairs
 from compnn_py.data.files import read_image, write_image
-from compnn_py.data.palettes import CITYSCAPES_PALETTE, FACADES_PALETTE
+from compnn_py.data.palettes import FACADES_PALETTE
 from compnn_py.data.synthetic import generate, write_dataset
 
 

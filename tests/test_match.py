@@ -258,6 +258,7 @@ def test_bad_arguments_name_the_argument(rng):
         (lambda: match.exact(q[0], db[0, 0], k=5), ValueError, "k"),
         (lambda: match.exact(q[0], np.ascontiguousarray(db[0, 0, :, :2])), ValueError, "dims"),
         (lambda: match.global_shortlist(q, db, 3), ValueError, "S"),
+        (lambda: match.exact(np.zeros((2, 0), np.float32), np.zeros((3, 0), np.float32)), ValueError, "queries"),
         (lambda: match.global_shortlist(q[0], db, 1), ValueError, "database"),
     ]
     for fn, exc, word in cases:
@@ -300,3 +301,30 @@ def test_hierarchical_bad_arguments(rng):
     q = dict(p, query_coarse=relu_maps(rng, (32, 32, 6)))
     with pytest.raises(ValueError, match="query_coarse"):
         match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=2, **q)
+
+
+def test_gil_is_released_during_search(rng):
+    """While one thread searches, another keeps running Python: no long stall of the main thread."""
+    import threading
+    import time
+
+    query = relu_maps(rng, (64, 64, 32))
+    db = relu_maps(rng, (6, 64, 64, 32), np.float16)
+    done = threading.Event()
+    span = {}
+
+    def work():
+        t = time.perf_counter()
+        match.patches(query, db, kernel=4, threads=1)
+        span["t"] = time.perf_counter() - t
+        done.set()
+
+    worker = threading.Thread(target=work)
+    stamps = [time.perf_counter()]
+    worker.start()
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+    worker.join()
+    max_gap = np.diff(stamps).max()
+    assert span["t"] > 0.1, "workload too small to tell"
+    assert max_gap < 0.5 * span["t"], (max_gap, span["t"])

@@ -44,15 +44,15 @@ def test_pix2pix_overfits_one_pair(tmp_path, pix_pair):
 
 
 def test_segnet_overfits_and_validation_scores_are_right(tmp_path):
-    x = smooth_images(2, 48, 64, 1)
+    x = smooth_images(1, 48, 64, 1)
     lab = np.minimum(x.mean(-1) // 24, 10).astype(np.uint8)
     lab[:, :3] = 255
-    model, hist = train.train_segnet(x, lab, tmp_path / "run", val=(x, lab), val_every=40, steps=80,
-                                     batch_size=2, lr=0.01, class_weights=[1.0] * 11, log_every=20,
+    model, hist = train.train_segnet(x, lab, tmp_path / "run", val=(x, lab), val_every=30, steps=60,
+                                     batch_size=1, lr=0.01, class_weights=[1.0] * 11, log_every=20,
                                      progress=False)
     loss = [e["loss"] for e in hist["train"]]
     assert loss[-1] < loss[0] / 5, loss
-    assert [v["step"] for v in hist["val"]] == [40, 80]
+    assert [v["step"] for v in hist["val"]] == [30, 60]
     # The last validation entry must agree with a naive evaluation of the reloaded model.
     reloaded = train.load_model(tmp_path / "run", expect="segnet_basic")
     pred = np.argmax(reloaded(x.astype(np.float32), training=False), -1)
@@ -110,7 +110,7 @@ def test_pix2pix_export_round_trip(tmp_path, pix_pair, pix_run):
     layers = ["encoder_6", "decoder_2_input", "decoder_1_input", "decoder_1"]
     store = export.export_split(gen, x, y, ["a", "b"], tmp_path / "store", model_name="pix2pix",
                                 task="toy", label_kind="images", postprocess=pix2pix.output_to_rgb,
-                                layers=layers, batch_size=1, progress=False)
+                                layers=layers, batch_size=2, progress=False)
     direct = tf.keras.Model(gen.input, [gen.get_layer(n).output for n in layers])(x.astype(np.float32))
     again = ActivationStore.open(tmp_path / "store")
     for name, want in zip(layers, direct):
@@ -138,7 +138,7 @@ def test_segnet_export_all_layers_and_interrupted_export(tmp_path):
     assert store.layer("pool1").shape == (3, 12, 16, 64)
     logits = np.asarray(model(x.astype(np.float32), training=False))
     np.testing.assert_array_equal(store.cnn_outputs, np.argmax(logits, -1))
-    np.testing.assert_allclose(store.layer("conv_classifier"), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store.layer("conv_classifier"), logits, rtol=1e-4, atol=1e-4)
 
     calls = []
 

@@ -88,8 +88,9 @@ PatchMatches pruned_fine_topk(const Tensor& query_fine, const Tensor& db_fine, c
     RowMat qb(bh * bw, C);
     for (int64_t i = 0; i < bh; ++i)
       std::copy_n(qpad.data() + ((qy0 + i) * Wp + qx0) * C, bw * C, qb.data() + i * bw * C);
-    RowMat prod(bh * bw, np_);
-    gemm_nt(qb.data(), bh * bw, C, dp.data(), np_, C, C, prod.data(), np_);
+    // Database pixel × query pixel, so the sums below read contiguous query rows.
+    RowMat prod(np_, bh * bw);
+    gemm_nt(dp.data(), np_, C, qb.data(), bh * bw, C, C, prod.data(), bh * bw);
 
     std::vector<int32_t> win(kernel * kernel);
     std::vector<float> dots(nqy * nqx);
@@ -112,8 +113,9 @@ PatchMatches pruned_fine_topk(const Tensor& query_fine, const Tensor& db_fine, c
         for (int dx = 0; dx < kernel; ++dx) {
           const int32_t w = win[dy * kernel + dx];
           if (w < 0) continue;
+          const float* pw = prod.data() + static_cast<int64_t>(w) * bh * bw + dy * bw + dx;
           for (int64_t i = 0; i < nqy; ++i)
-            for (int64_t jj = 0; jj < nqx; ++jj) dots[i * nqx + jj] += prod((i + dy) * bw + jj + dx, w);
+            for (int64_t jj = 0; jj < nqx; ++jj) dots[i * nqx + jj] += pw[i * bw + jj];
         }
       // Each fine query position belongs to exactly one cell, so workers write disjoint entries.
       for (int64_t i = 0; i < nqy; ++i)

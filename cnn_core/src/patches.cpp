@@ -135,27 +135,38 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     std::vector<float> dinv(TYv * TXv);
     patch_inv_norms(tile.data(), TYv, TXv, C, K, dinv.data());
 
-    // Ring of K slots, each the product of one padded query row (Wp pixels) with every tile pixel.
-    std::vector<RowMat> ring(K, RowMat(Wp, Mtp));
+    // The K×K shift-sum is separable. For each padded query row, `prod` holds its pixel products with
+    // every tile pixel; a ring slot keeps their horizontal K-sums (per query column x, padded tile row,
+    // tile column), and each query row then adds K slots vertically: 2K adds per similarity, not K^2.
+    RowMat prod(Wp, Mtp);
+    const int64_t hsz = TYp * TXv;
+    std::vector<std::vector<float>> ring(K, std::vector<float>(W * hsz));
     std::vector<float> acc(TYv * TXv);
     TopK& top = best[wk];
     const int64_t y0 = band * kQueryBand, y1 = std::min(H, y0 + kQueryBand);
     for (int64_t pr = y0; pr < y1 + K - 1; ++pr) {
-      gemm_nt(qpad.data() + pr * Wp * C, Wp, C, tile.data(), Mtp, C, C, ring[pr % K].data(), Mtp);
+      gemm_nt(qpad.data() + pr * Wp * C, Wp, C, tile.data(), Mtp, C, C, prod.data(), Mtp);
+      float* slot = ring[pr % K].data();
+      for (int64_t x = 0; x < W; ++x) {
+        float* hx = slot + x * hsz;
+        std::fill(hx, hx + hsz, 0.f);
+        for (int dx = 0; dx < K; ++dx) {
+          const float* p = prod.data() + (x + dx) * Mtp + dx;
+          for (int64_t ty = 0; ty < TYp; ++ty) {
+            float* __restrict dst = hx + ty * TXv;
+            const float* __restrict src = p + ty * TXp;
+            for (int64_t tx = 0; tx < TXv; ++tx) dst[tx] += src[tx];
+          }
+        }
+      }
       const int64_t y = pr - (K - 1);
       if (y < y0) continue;
       for (int64_t x = 0; x < W; ++x) {
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int dy = 0; dy < K; ++dy) {
-          const RowMat& slot = ring[(y + dy) % K];
-          for (int dx = 0; dx < K; ++dx) {
-            const float* prow = slot.data() + (x + dx) * Mtp + dy * TXp + dx;
-            for (int64_t ty = 0; ty < TYv; ++ty) {
-              float* __restrict dst = acc.data() + ty * TXv;
-              const float* __restrict src = prow + ty * TXp;
-              for (int64_t tx = 0; tx < TXv; ++tx) dst[tx] += src[tx];
-            }
-          }
+          const float* __restrict src = ring[(y + dy) % K].data() + x * hsz + dy * TXv;
+          float* __restrict dst = acc.data();
+          for (int64_t j = 0; j < TYv * TXv; ++j) dst[j] += src[j];
         }
         const float qi = qinv[y * W + x];
         const int64_t q = y * W + x;

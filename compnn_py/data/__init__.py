@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import synthetic
 from .camvid import read_camvid
 from .cityscapes import is_official_layout, read_cityscapes
@@ -38,7 +40,7 @@ def load_split(task, split: str, data_dir=None, *, size=None, n: int | None = No
     spec = get_task(task)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if n is not None and (not isinstance(n, int) or n < 1):
+    if n is not None and (not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     if data_dir is None:
         return synthetic.generate(spec, split, n=n, size=size, seed=seed, progress=progress)

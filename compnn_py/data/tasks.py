@@ -9,7 +9,7 @@ import numpy as np
 from . import palettes as P
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare specs by identity
 class TaskSpec:
     """What a task maps from and to.
 

@@ -73,8 +73,8 @@ def iter_samples(task, split: str, *, n: int | None = None, size=None, seed: int
                  progress: bool = False) -> Iterator[Sample]:
     """Stream n samples (default: DEFAULT_COUNTS[split]) without holding them all."""
     spec = get_task(task)
-    n = DEFAULT_COUNTS[split] if n is None else _check_count(n)
     _check_split(split)
+    n = DEFAULT_COUNTS[split] if n is None else _check_count(n)
     for i in tqdm(range(n), desc=f"synthetic {spec.name}/{split}", disable=not progress):
         yield make_sample(spec, split, i, size=size, seed=seed)
 

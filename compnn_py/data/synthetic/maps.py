@@ -15,9 +15,10 @@ MAP_PALETTE = np.array([(236, 233, 226), (216, 208, 200), (255, 255, 255), (250,
 
 
 def _cuts(rng, length, lo, hi):
-    """Sorted positions along one axis, gaps drawn from [lo, hi], covering [-length, 2 length]."""
-    pos = [-length * rng.uniform(0, 1)]
-    while pos[-1] < 2 * length:
+    """Sorted positions along one axis, gaps drawn from [lo, hi], covering [-length, length] (any
+    rotated image coordinate of an H x W image lies there when length = H + W)."""
+    pos = [-length - rng.uniform(0, hi)]
+    while pos[-1] <= length:
         pos.append(pos[-1] + rng.uniform(lo, hi))
     return np.array(pos)
 
@@ -32,7 +33,7 @@ def map_scene(rng, height: int, width: int):
     u = np.cos(theta) * xx + np.sin(theta) * yy
     v = -np.sin(theta) * xx + np.cos(theta) * yy
 
-    cu, cv = _cuts(rng, n, 0.2 * n, 0.45 * n), _cuts(rng, n, 0.2 * n, 0.45 * n)
+    cu, cv = _cuts(rng, H + W, 0.2 * n, 0.45 * n), _cuts(rng, H + W, 0.2 * n, 0.45 * n)
     iu = np.searchsorted(cu, u) - 1  # block index along each axis
     iv = np.searchsorted(cv, v) - 1
     du = np.minimum(u - cu[iu], cu[iu + 1] - u)  # distance to the nearest street centre line

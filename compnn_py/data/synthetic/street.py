@@ -144,7 +144,8 @@ def _ground(c: Canvas, horizon, vx):
 
 def _tree(c: Canvas, base, s, horizon, vx):
     rng, H, W = c.rng, c.h, c.w
-    x = rng.uniform(0, W)
+    left, right = (vx + s * (edge - vx) for edge in c.road)  # trees line the sidewalks
+    x = left - rng.uniform(0, 0.15) * W if rng.random() < 0.5 else right + rng.uniform(0, 0.15) * W
     height = (0.15 + 0.55 * s) * H
     trunk = c.material(_jitter(rng, (0.3, 0.22, 0.15)), "gravel", 0.3)
     c.paint(*c.rect(base - height * 0.45, x - height * 0.03, base, x + height * 0.03), VEGETATION, trunk)
