@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from compnn_py.data.labels import colorize as data_colorize
+
 VOID_COLOUR = (0, 0, 0)
 OTHER_COLOUR = (128, 128, 128)
 
@@ -37,15 +39,10 @@ def colorize(labels, palette=None) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be an integer (H, W) map, got {labels.dtype} {labels.shape}")
-    valid = labels != 255
-    top = int(labels[valid].max()) + 1 if valid.any() else 0
-    pal = distinct_colours(max(top, 1)) if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    if top > len(pal):
-        raise ValueError(f"labels use class id {top - 1} but the palette has {len(pal)} colours")
-    out = np.empty(labels.shape + (3,), dtype=np.uint8)
-    out[~valid] = VOID_COLOUR
-    out[valid] = pal[labels[valid]]
-    return out
+    if palette is None:
+        valid = labels != 255
+        palette = distinct_colours(int(labels[valid].max()) + 1 if valid.any() else 1)
+    return data_colorize(labels, palette, ignore_color=VOID_COLOUR)
 
 
 def activation_rgb(act, channels: Sequence[int] = (0, 1, 2)) -> np.ndarray:

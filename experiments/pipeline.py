@@ -101,6 +101,9 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path) -> None
 
     model = tft.load_model(model_dir, expect=cfg.model)
     arch = _arch_module(cfg.model)
+    if cfg.model.startswith("segnet"):
+        # SegNet's own recipe: BN statistics recomputed over the training set once training is over.
+        tft.recompute_bn_statistics(model, load_data(data_stage, "train", spec).inputs, batch_size=cfg.batch_size)
     if cfg.model == "pix2pix":
         if spec.kind == "segmentation":
             def post(out):

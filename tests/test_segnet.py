@@ -128,3 +128,22 @@ def test_logits_to_labels():
 def test_bad_input_shape():
     with pytest.raises(ValueError, match="input_shape"):
         segnet.build_segnet_basic((45, 60))
+
+
+def test_recompute_bn_statistics_is_the_mean_of_batch_statistics():
+    import keras
+
+    from tf_models.layers import BatchNorm
+    from tf_models.train import recompute_bn_statistics
+
+    x = keras.Input((4, 5, 3))
+    model = keras.Model(x, BatchNorm(name="bn")(x))
+    data = np.random.default_rng(1).integers(0, 256, (6, 4, 5, 3)).astype(np.uint8)
+    recompute_bn_statistics(model, data, batch_size=2, progress=False)
+    batches = data.astype(np.float64).reshape(3, 2, 4, 5, 3)
+    want_mean = batches.mean(axis=(1, 2, 3)).mean(0)
+    want_var = batches.var(axis=(1, 2, 3)).mean(0)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), want_mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), want_var, rtol=1e-4)
+    assert bn.momentum == 0.99  # restored

@@ -259,6 +259,29 @@ _SEGNET_BUILDERS = {"basic": segnet.build_segnet_basic, "vgg16": segnet.build_se
 _SEGNET_LR = {"basic": 0.1, "vgg16": 0.001}  # the tutorial's solver base_lr
 
 
+def recompute_bn_statistics(model, inputs, *, batch_size=4, progress=True):
+    """Replaces every BatchNorm's moving mean/variance by the average of its batch statistics over
+    ``inputs`` (uint8 (N, H, W, 3)), as SegNet's compute_bn_statistics step does after training:
+    moving averages taken while the weights were still changing fast (SGD at lr 0.1) are a poor
+    estimate of the population statistics. Batches run in training mode; no weight changes."""
+    from .layers import BatchNorm
+
+    layers = [layer for layer in model.layers if isinstance(layer, BatchNorm)]
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no BatchNorm layers")
+    saved = [layer.momentum for layer in layers]
+    starts = range(0, len(inputs) - batch_size + 1, batch_size) if len(inputs) >= batch_size else [0]
+    try:
+        for i, start in enumerate(tqdm(starts, desc="BN statistics", unit="batch", disable=not progress)):
+            for layer in layers:  # running mean over batches: moving = (i * moving + batch) / (i + 1)
+                layer.momentum = i / (i + 1)
+            model(tf.constant(inputs[start: start + batch_size], tf.float32), training=True)
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.momentum = m
+    return model
+
+
 def label_predictor(model, batch_size=8):
     """A function: uint8 images (N, H, W, 3) -> uint8 (N, H, W) argmax labels of a SegNet in
     inference mode (traced once, so it is cheap to call repeatedly, e.g. for validation)."""

@@ -2,7 +2,7 @@
 // loaded (.npy) feature maps, and reports agreement with the exact top-1.
 //
 //   compnn_bench [--h=128 --w=128 --c=128 --kernel=4 --n=4 --threads=2 --flat_rows=8 --flat_db=1
-//                 --shortlist=4 --coarse_factor=4 --coarse_kernel=2 --coarse_k=8 --margin=1 --seed=0]
+//                 --shortlist=4 --coarse_factor=4 --coarse_kernel=1 --coarse_k=8 --margin=1 --seed=0]
 //                [--blas=/path/to/libscipy_openblas.so]
 //                [--query=q.npy --database=db.npy [--labels=db_labels.npy]]
 // Coarse maps are average-pooled fine maps (factor --coarse_factor) and global descriptors are the
@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> opt{{"h", "128"},        {"w", "128"},       {"c", "128"},
                                          {"kernel", "4"},     {"n", "4"},         {"threads", "2"},
                                          {"flat_rows", "8"},  {"flat_db", "1"},   {"shortlist", "4"},
-                                         {"coarse_factor", "4"}, {"coarse_kernel", "2"}, {"coarse_k", "8"},
+                                         {"coarse_factor", "4"}, {"coarse_kernel", "1"}, {"coarse_k", "8"},
                                          {"margin", "1"},     {"seed", "0"}};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

@@ -112,26 +112,41 @@ void exact_topk(const Tensor& queries, const Tensor& database, const std::vector
   const int64_t qblocks = (Q + kQueryBlock - 1) / kQueryBlock;
   const int64_t dchunks = (M + kDbChunk - 1) / kDbChunk;
   const int nw = workers_for(threads, qblocks * dchunks);
-  std::vector<TopK> best(nw, TopK(Q, k));
 
+  // One pass over the searched rows: inverse norms and the finiteness check, done once rather than
+  // once per query block.
+  std::vector<float> dinv_all(M);
+  parallel_units(dchunks, nw, [&](int64_t dc, int) {
+    std::vector<float> row(D);
+    for (int64_t j = dc * kDbChunk; j < std::min(M, (dc + 1) * kDbChunk); ++j) {
+      load_f32(database, rows[j] * D, D, row.data());
+      require_finite(row.data(), D, "database");
+      dinv_all[j] = inv_norm(Eigen::Map<const Eigen::VectorXf>(row.data(), D).cast<double>().squaredNorm());
+    }
+  });
+  // float32 rows searched in store order are multiplied in place, without a copy.
+  bool in_place = database.dtype == DType::F32;
+  for (int64_t j = 0; in_place && j < M; ++j) in_place = rows[j] == rows[0] + j;
+  const float* db32 = static_cast<const float*>(database.data);
+
+  std::vector<TopK> best(nw, TopK(Q, k));
   parallel_units(qblocks * dchunks, nw, [&](int64_t unit, int w) {
     const int64_t qb = unit / dchunks, dc = unit % dchunks;
     const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, Q - q0);
-    RowMat qm(nq, D), dm(kDbBlock, D), sims(nq, kDbBlock);
+    RowMat qm(nq, D), dm(in_place ? 0 : kDbBlock, D), sims(nq, kDbBlock);
     load_f32(queries, q0 * D, nq * D, qm.data());
     require_finite(qm.data(), nq * D, "queries");
-    std::vector<float> qinv(nq), dinv(kDbBlock);
+    std::vector<float> qinv(nq);
     for (int64_t i = 0; i < nq; ++i) qinv[i] = inv_norm(qm.row(i).cast<double>().squaredNorm());
     TopK& top = best[w];
     const int64_t m_end = std::min(M, (dc + 1) * kDbChunk);
     for (int64_t m0 = dc * kDbChunk; m0 < m_end; m0 += kDbBlock) {
       const int64_t nm = std::min(kDbBlock, m_end - m0);
-      for (int64_t j = 0; j < nm; ++j) {
-        load_f32(database, rows[m0 + j] * D, D, dm.data() + j * D);
-        dinv[j] = inv_norm(dm.row(j).cast<double>().squaredNorm());
-      }
-      require_finite(dm.data(), nm * D, "database");
-      gemm_nt(qm.data(), nq, D, dm.data(), nm, D, D, sims.data(), sims.cols());
+      const float* dptr = in_place ? db32 + (rows[0] + m0) * D : dm.data();
+      if (!in_place)
+        for (int64_t j = 0; j < nm; ++j) load_f32(database, rows[m0 + j] * D, D, dm.data() + j * D);
+      const float* dinv = dinv_all.data() + m0;
+      gemm_nt(qm.data(), nq, D, dptr, nm, D, D, sims.data(), sims.cols());
       for (int64_t i = 0; i < nq; ++i) {
         const float* row = sims.data() + i * sims.cols();
         const float qi = qinv[i];

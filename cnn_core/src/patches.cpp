@@ -56,6 +56,8 @@ namespace {
 // Database tiles and query bands are fixed sizes (never derived from the thread count), so each
 // similarity is produced by the same arithmetic whatever the number of threads.
 constexpr int64_t kTileY = 32, kTileX = 64, kQueryBand = 64;
+// Padded query rows multiplied per GEMM call: amortises packing the tile over several rows.
+constexpr int64_t kRowsPerGemm = 4;
 
 struct MapDims {
   int64_t n, h, w, c;
@@ -107,12 +109,11 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
   if (k > R * db.h * db.w) throw std::invalid_argument("k exceeds the number of database positions");
   if (H * W == 0) return to_matches(TopK(0, k), H, W, db.h, db.w);
 
-  const int K = kernel, a = pad_before(kernel);
+  const int K = kernel;
   const int64_t Hp = H + K - 1, Wp = W + K - 1;
   std::vector<float> qpad(Hp * Wp * C), qinv(H * W);
   gather_padded(query, 0, H, W, C, K, 0, H, 0, W, qpad.data(), "query");
   patch_inv_norms(qpad.data(), H, W, C, K, qinv.data());
-  (void)a;
 
   const int64_t tiles_y = (db.h + kTileY - 1) / kTileY, tiles_x = (db.w + kTileX - 1) / kTileX;
   const int64_t bands = (H + kQueryBand - 1) / kQueryBand;
@@ -138,20 +139,24 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     // The K×K shift-sum is separable. For each padded query row, `prod` holds its pixel products with
     // every tile pixel; a ring slot keeps their horizontal K-sums (per query column x, padded tile row,
     // tile column), and each query row then adds K slots vertically: 2K adds per similarity, not K^2.
-    RowMat prod(Wp, Mtp);
+    RowMat prod(kRowsPerGemm * Wp, Mtp);
     const int64_t hsz = TYp * TXv;
     std::vector<std::vector<float>> ring(K, std::vector<float>(W * hsz));
     std::vector<float> acc(TYv * TXv);
     TopK& top = best[wk];
     const int64_t y0 = band * kQueryBand, y1 = std::min(H, y0 + kQueryBand);
-    for (int64_t pr = y0; pr < y1 + K - 1; ++pr) {
-      gemm_nt(qpad.data() + pr * Wp * C, Wp, C, tile.data(), Mtp, C, C, prod.data(), Mtp);
+    const int64_t pr_end = y1 + K - 1;
+    for (int64_t pr = y0; pr < pr_end; ++pr) {
+      const int64_t g = (pr - y0) % kRowsPerGemm;
+      if (g == 0)
+        gemm_nt(qpad.data() + pr * Wp * C, std::min(kRowsPerGemm, pr_end - pr) * Wp, C, tile.data(), Mtp, C, C,
+                prod.data(), Mtp);
       float* slot = ring[pr % K].data();
       for (int64_t x = 0; x < W; ++x) {
         float* hx = slot + x * hsz;
         std::fill(hx, hx + hsz, 0.f);
         for (int dx = 0; dx < K; ++dx) {
-          const float* p = prod.data() + (x + dx) * Mtp + dx;
+          const float* p = prod.data() + (g * Wp + x + dx) * Mtp + dx;
           for (int64_t ty = 0; ty < TYp; ++ty) {
             float* __restrict dst = hx + ty * TXv;
             const float* __restrict src = p + ty * TXp;
