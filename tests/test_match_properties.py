@@ -6,25 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compnn_py import match
-
-
-# Independent float64 references (kept here rather than imported, so the file runs however pytest is
-# invoked).
-def naive_topk(q, d, k):
-    q, d = q.astype(np.float64), d.astype(np.float64)
-    qn = np.linalg.norm(q, axis=1, keepdims=True)
-    dn = np.linalg.norm(d, axis=1, keepdims=True)
-    s = (q @ d.T) / np.where(qn > 0, qn, 1) / np.where(dn > 0, dn, 1).T
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(s, order, axis=1)
-
-
-def naive_patches(m, K):
-    a = (K - 1) // 2
-    pad = [(0, 0)] * (m.ndim - 3) + [(a, K - 1 - a), (a, K - 1 - a), (0, 0)]
-    p = np.pad(m.astype(np.float64), pad)
-    H, W = m.shape[-3], m.shape[-2]
-    return np.concatenate([p[..., dy:dy + H, dx:dx + W, :] for dy in range(K) for dx in range(K)], axis=-1)
+from naive import naive_patches, naive_topk
 
 
 @st.composite
