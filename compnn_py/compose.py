@@ -432,43 +432,56 @@ def layer_sweep(db, query, i: int, *, layers: Sequence[str], target: str = "cnn_
 
 # ---- Table 1 ---------------------------------------------------------------------------------------
 
+def table1_query(db, query, q: int, comp: Composition, *, bottleneck_layer: str, decode2_layer: str,
+                 rows=None, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Query q's prediction for every Table 1 row, given its CompNN composition `comp` (SS target):
+    the CNN output, CompNN SS/O (one match, two targets) and global NN on the whole `bottleneck_layer`
+    and `decode2_layer` maps, each SS and O."""
+    out = {"Baseline CNN": np.asarray(query.cnn_outputs[q]), "CompNN (SS)": comp.output,
+           "CompNN (O)": recompose(comp, db, "labels").output}
+    for name, lay in (("Global Bottleneck NN", bottleneck_layer), ("Global Decode2 NN", decode2_layer)):
+        g = global_nn(db, query, q, layer=lay, target="cnn_outputs", rows=rows, threads=threads)
+        out[f"{name} (SS)"] = g.output
+        out[f"{name} (O)"] = recompose(g, db, "labels").output
+    return out
+
+
+def table1_score(db, outputs: Mapping[str, Sequence[np.ndarray]], gt, num_classes: int | None = None):
+    """Score stacked Table 1 predictions against ground truth `gt` and the CNN's own output: segmentation
+    stores (label_kind "labels") by pixel accuracy / mean class accuracy / mIoU, synthesis by PSNR/SSIM."""
+    from compnn_py import metrics
+
+    stacked = {k: np.stack(v) for k, v in outputs.items()}
+    cnn = stacked["Baseline CNN"]
+    if db.label_kind != "labels":
+        return metrics.table1_synthesis(stacked, gt, cnn), stacked
+    if num_classes is None:
+        num_classes = db.metadata.get("num_classes")
+        if num_classes is None:
+            raise ValueError("num_classes is needed for a segmentation task (not in db.metadata either)")
+    return metrics.table1_segmentation(stacked, gt, cnn, num_classes), stacked
+
+
 def table1(db, query, *, layer: str, bottleneck_layer: str, decode2_layer: str, num_classes: int | None = None,
            queries: Sequence[int] | None = None, method: str = "exact", progress: bool = True,
            **match_kwargs):
     """Run the paper's Table 1 for one task over `queries` (default: every query image).
 
-    Per query: CompNN at `layer` (one match, transferred to SS and O targets), global NN on the whole
-    `bottleneck_layer` and `decode2_layer` maps. Segmentation stores (label_kind "labels") are scored by
-    pixel accuracy / mean class accuracy / mIoU against ground truth and against the CNN output; synthesis
-    stores by PSNR/SSIM. Returns (metrics.Table, outputs) with outputs[row] a (Q, H, W[, 3]) array of
-    every row's predictions, for pictures.
+    Per query: CompNN at `layer` then `table1_query`; scored by `table1_score`. Returns
+    (metrics.Table, outputs) with outputs[row] a (Q, H, W[, 3]) array of every row's predictions.
     """
     from compnn_py import metrics
 
     idx = list(range(len(query))) if queries is None else [_query_index(query, q) for q in queries]
     if not idx:
         raise ValueError("queries selects no images")
-    seg = db.label_kind == "labels"
-    if seg and num_classes is None:
-        num_classes = db.metadata.get("num_classes")
-        if num_classes is None:
-            raise ValueError("num_classes is needed for a segmentation task (not in db.metadata either)")
+    if db.label_kind == "labels" and num_classes is None and db.metadata.get("num_classes") is None:
+        raise ValueError("num_classes is needed for a segmentation task (not in db.metadata either)")
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in metrics.TABLE1_ROWS}
     for q in tqdm(idx, desc="table 1", disable=not progress):
-        outputs["Baseline CNN"].append(np.asarray(query.cnn_outputs[q]))
         comp = compnn(db, query, q, layer=layer, target="cnn_outputs", method=method, **match_kwargs)
-        outputs["CompNN (SS)"].append(comp.output)
-        outputs["CompNN (O)"].append(recompose(comp, db, "labels").output)
-        for name, lay in (("Global Bottleneck NN", bottleneck_layer), ("Global Decode2 NN", decode2_layer)):
-            g = global_nn(db, query, q, layer=lay, target="cnn_outputs", rows=match_kwargs.get("rows"),
-                          threads=match_kwargs.get("threads"))
-            outputs[f"{name} (SS)"].append(g.output)
-            outputs[f"{name} (O)"].append(recompose(g, db, "labels").output)
-    stacked = {k: np.stack(v) for k, v in outputs.items()}
-    gt = np.asarray(query.labels[idx])
-    cnn = stacked["Baseline CNN"]
-    if seg:
-        table = metrics.table1_segmentation(stacked, gt, cnn, num_classes)
-    else:
-        table = metrics.table1_synthesis(stacked, gt, cnn)
-    return table, stacked
+        for name, pred in table1_query(db, query, q, comp, bottleneck_layer=bottleneck_layer,
+                                       decode2_layer=decode2_layer, rows=match_kwargs.get("rows"),
+                                       threads=match_kwargs.get("threads")).items():
+            outputs[name].append(pred)
+    return table1_score(db, outputs, np.asarray(query.labels[idx]), num_classes)

@@ -101,9 +101,10 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path) -> None
 
     model = tft.load_model(model_dir, expect=cfg.model)
     arch = _arch_module(cfg.model)
+    splits = {name: load_data(data_stage, name, spec) for name in ("train", "query")}
     if cfg.model.startswith("segnet"):
         # SegNet's own recipe: BN statistics recomputed over the training set once training is over.
-        tft.recompute_bn_statistics(model, load_data(data_stage, "train", spec).inputs, batch_size=cfg.batch_size)
+        tft.recompute_bn_statistics(model, splits["train"].inputs, batch_size=cfg.batch_size)
     if cfg.model == "pix2pix":
         if spec.kind == "segmentation":
             def post(out):
@@ -115,8 +116,7 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path) -> None
     label_kind = "labels" if spec.kind == "segmentation" else "images"
     metadata = {"num_classes": spec.num_classes, "palette": np.asarray(spec.palette).tolist(),
                 "match_spec": arch.match_spec(model), "config": cfg.as_dict()}
-    for name in ("train", "query"):
-        s = load_data(data_stage, name, spec)
+    for name, s in splits.items():
         export.export_split(model, s.inputs, s.targets, s.ids, d / name, model_name=cfg.model, task=cfg.task,
                             label_kind=label_kind, postprocess=post, image_meta=s.meta, metadata=metadata)
 
@@ -163,20 +163,11 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
             agree_match.append(float(same.mean()))
             agree_label.append(float(np.all(comps["exact"].output == comp.output, axis=-1).mean()
                                      if comp.output.ndim == 3 else (comps["exact"].output == comp.output).mean()))
-        rows["Baseline CNN"].append(np.asarray(query.cnn_outputs[q]))
-        rows["CompNN (SS)"].append(comp.output)
-        rows["CompNN (O)"].append(compose.recompose(comp, db, "labels").output)
-        for name, layer in (("Global Bottleneck NN", ms["global"]), ("Global Decode2 NN", ms["decode2"])):
-            g = compose.global_nn(db, query, q, layer=layer, target="cnn_outputs", threads=threads)
-            rows[f"{name} (SS)"].append(g.output)
-            rows[f"{name} (O)"].append(compose.recompose(g, db, "labels").output)
+        for name, pred in compose.table1_query(db, query, q, comp, bottleneck_layer=ms["global"],
+                                               decode2_layer=ms["decode2"], threads=threads).items():
+            rows[name].append(pred)
         sources.append(np.stack([comp.matches.image[..., 0], comp.matches.y[..., 0], comp.matches.x[..., 0]]))
-    stacked = {k: np.stack(v) for k, v in rows.items()}
-    gt, cnn = np.asarray(query.labels), stacked["Baseline CNN"]
-    if spec.kind == "segmentation":
-        table = metrics.table1_segmentation(stacked, gt, cnn, spec.num_classes)
-    else:
-        table = metrics.table1_synthesis(stacked, gt, cnn)
+    table, stacked = compose.table1_score(db, rows, np.asarray(query.labels), spec.num_classes)
     table.title = f"Table 1 — {cfg.task} ({cfg.model}, {len(query)} query images, CompNN: {main} matching)"
     table.write(d / "table1")
     np.savez_compressed(d / "outputs.npz", **{k.replace(" ", "_"): v for k, v in stacked.items()})
