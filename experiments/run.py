@@ -14,7 +14,10 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments import pipeline
+from experiments.errors import UserError
+from experiments.steps import analyses as analyses_step, compnn as compnn_step, data as data_step, export as export_step
+from experiments.steps import report as report_step, train as train_step
+from compnn_py.data import TASKS as TASK_SPECS
 from experiments.tasks import PRESETS, run_config
 from experiments.stages import Stage
 
@@ -59,10 +62,6 @@ flags.DEFINE_integer("n_query", None, "Explain only the first N query images.")
 flags.DEFINE_integer("seed", None, "Seed for data generation, training and sampling.")
 
 
-class UserError(Exception):
-    """A bad invocation: reported as one line, exit status 2, nothing deleted."""
-
-
 def _settings():
     size = None
     if FLAGS.size:
@@ -100,8 +99,8 @@ def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, thre
         exact_queries=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "cache"
-    spec = pipeline.task_spec(cfg.task)
-    query_split = query_split or pipeline.default_query_split(spec, data_dir)
+    spec = TASK_SPECS[cfg.task]
+    query_split = query_split or data_step.default_query_split(spec, data_dir)
     if data_dir is None:
         logging.warning("No --data_dir: using the built-in SYNTHETIC %s set (results are not the paper's).",
                         cfg.task)
@@ -109,7 +108,7 @@ def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, thre
     data = Stage(cache, "data", {"cfg": cfg.as_dict(), "data_dir": str(data_dir), "query": query_split})
     if checkpoint is not None:
         train = Stage(cache, "train", {"checkpoint": str(checkpoint),
-                                       "mtime": pipeline.checkpoint_stamp(checkpoint)})
+                                       "mtime": train_step.checkpoint_stamp(checkpoint)})
     else:
         length = {"steps": cfg.steps, "epochs": cfg.epochs}
         fixed = {k: v for k, v in cfg.as_dict().items() if k not in length}
@@ -132,19 +131,19 @@ def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, thre
         if name in stages:
             stage.run(fn, force=force)
 
-    go("data", data, lambda d: pipeline.prepare_data(d, cfg, spec, data_dir, query_split))
+    go("data", data, lambda d: data_step.prepare_data(d, cfg, spec, data_dir, query_split))
     if checkpoint is not None:
-        go("train", train, lambda d: pipeline.check_checkpoint(d, checkpoint, cfg))
+        go("train", train, lambda d: train_step.check_checkpoint(d, checkpoint, cfg))
         model_dir = checkpoint
     else:
-        go("train", train, lambda d: pipeline.train_model(d, cfg, spec, data.dir))
+        go("train", train, lambda d: train_step.train_model(d, cfg, spec, data.dir))
         model_dir = train.dir
-    go("export", export, lambda d: pipeline.export_stores(d, cfg, spec, data.dir, model_dir))
-    go("compnn", compnn, lambda d: pipeline.run_compnn(d, cfg, spec, export.dir, match_method, threads,
+    go("export", export, lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir))
+    go("compnn", compnn, lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, match_method, threads,
                                                        exact_queries))
-    go("analyses", analyses, lambda d: pipeline.run_analyses(d, cfg, spec, export.dir, threads))
+    go("analyses", analyses, lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads))
     timings = [(name, stage.seconds) for name, stage in ordered]
-    go("report", report, lambda d: pipeline.write_outputs(d, out_dir, cfg, spec, data_dir, export.dir,
+    go("report", report, lambda d: report_step.write_outputs(d, out_dir, cfg, spec, data_dir, export.dir,
                                                            compnn.dir, analyses.dir, timings))
     return ordered
 
@@ -161,7 +160,7 @@ def main(argv):
         ordered = run(cfg, data_dir, checkpoint, out_dir, stages=set(FLAGS.stages), force=FLAGS.force,
                       match_method=FLAGS.match_method, threads=FLAGS.threads, query_split=FLAGS.query_split,
                       exact_queries=FLAGS.exact_queries)
-    except (UserError, pipeline.PipelineError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\ncompnn {cfg.task} ({cfg.preset} preset{', synthetic data' if data_dir is None else ''}) "

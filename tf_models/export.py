@@ -1,7 +1,7 @@
 """Export of a trained network's activations into an ActivationStore (compnn_py.store): one forward
 pass per image writes every selected named layer, the input image, its ground truth and the CNN's own
-output (the paper's self-supervised labels, Eq. 8). Also the per-architecture layer geometry and
-CompNN match spec, looked up from the model's name.
+output (the paper's self-supervised labels, Eq. 8). The architecture's facts (layer geometry, match
+spec, sweep layers, activation pair: tf_models.registry) go into the store's metadata once, here.
 
 Rows go straight into the store's memmaps, so a split larger than RAM exports; the store publishes its
 manifest only when every row is written, so an interrupted export never looks complete.
@@ -13,26 +13,7 @@ from tqdm import tqdm
 
 from compnn_py.store import ActivationStore
 
-from . import pix2pix, segnet
-
-_MODULES = {pix2pix.GENERATOR_NAME: pix2pix, segnet.BASIC_NAME: segnet, segnet.VGG16_NAME: segnet}
-
-
-def _module(model):
-    if not isinstance(model, keras.Model) or model.name not in _MODULES:
-        raise ValueError(f"model must be a network built by tf_models ({sorted(_MODULES)}), "
-                         f"got {getattr(model, 'name', type(model).__name__)!r}")
-    return _MODULES[model.name]
-
-
-def layer_geometry(model):
-    """{layer name: {"kernel": K, "stride": s}} for every exportable named map of ``model``."""
-    return _module(model).layer_geometry(model)
-
-
-def model_match_spec(model):
-    """{"global", "coarse", "fine", "decode2": layer names, "kernel": {layer: K}, "stride": {layer: s}}."""
-    return _module(model).match_spec(model)
+from . import registry
 
 
 def _check_uint8(a, name, ndims):
@@ -52,7 +33,7 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
     SegNet) to uint8 cnn_outputs (B, H, W) or (B, H, W, 3), e.g. ``pix2pix.output_to_rgb`` or
     ``segnet.logits_to_labels``. ``layers``: names to store (default every named map). The match
     spec and architecture are added to the store's metadata. Returns the opened store."""
-    module = _module(model)
+    arch = registry.of_model(model)
     _check_uint8(inputs, "inputs", (4,))
     n = len(inputs)
     if n == 0 or tuple(inputs.shape[1:]) != tuple(model.input.shape[1:]):
@@ -69,7 +50,7 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
         raise TypeError("postprocess must be callable: output batch -> uint8 cnn_outputs")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    geometry = module.layer_geometry(model)
+    geometry = arch.layer_geometry(model)
     layers = list(geometry) if layers is None else list(layers)
     unknown = [name for name in layers if name not in geometry]
     if unknown or not layers:
@@ -88,7 +69,7 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
         return acts, out
 
     first = forward(0)
-    meta = dict(metadata or {}, architecture=model.name, match_spec=module.match_spec(model))
+    meta = dict(metadata or {}, **arch.analysis_spec(model))
     writer = ActivationStore.create(
         store_path, n_images=n, layers={name: a.shape[1:] for name, a in zip(layers, first[0])},
         image_shape=inputs.shape[1:], label_shape=None if labels is None else labels.shape[1:],
