@@ -15,15 +15,6 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
-def _cmeel_prefix():
-    """Eigen's CMake config from the cmeel-eigen wheel, wherever the (isolated) build put it."""
-    for entry in sys.path:
-        candidate = Path(entry) / "cmeel.prefix"
-        if candidate.is_dir():
-            return str(candidate)
-    return None
-
-
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
@@ -36,7 +27,6 @@ class CMakeBuild(build_ext):
         cmake = shutil.which("cmake")
         if cmake is None:
             raise RuntimeError("cmake not found: `pip install cmake` (pyproject.toml lists it for isolated builds)")
-        import pybind11
 
         extdir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
@@ -45,16 +35,14 @@ class CMakeBuild(build_ext):
         (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",
+            # CMakeLists.txt asks this interpreter where pybind11 and cmeel-eigen keep their CMake files;
+            # pip's isolated build environment reaches it through PYTHONPATH.
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
             "-DCOMPNN_TOOLS=OFF",
             f"-DCOMPNN_NATIVE={'OFF' if os.environ.get('COMPNN_NATIVE') == '0' else 'ON'}",
             f"-DCMAKE_CXX_COMPILER={compiler}",
         ]
-        prefix = _cmeel_prefix()
-        if prefix:
-            args.append(f"-DCMAKE_PREFIX_PATH={prefix}")
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
