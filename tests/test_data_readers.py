@@ -189,3 +189,70 @@ def test_real_facades_as_pix2pix_ab_jpegs(shared_data, tmp_path):
         interior = minimum_filter(direct[n], 5) == maximum_filter(direct[n], 5)
         assert (split.targets[i][interior] == direct[n][interior]).mean() > 0.99
     assert len(np.unique(split.targets)) <= 12
+
+
+# --- data safety: undecodable files, empty splits, no absolute paths in metadata ----------------------------
+
+
+def test_decompression_bomb_is_one_value_error(tmp_path, monkeypatch):
+    from PIL import Image
+    _ab_fixture(tmp_path, names=("1",))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the 8x16 fixture now counts as a bomb (> 2x limit)
+    with pytest.raises(ValueError, match=r"1\.png: refused, the image is too large to decode safely"):
+        load_split("facades", "train", tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_undecodable_image_names_the_file(tmp_path, content):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "7.png").write_bytes(content)
+    with pytest.raises(ValueError, match=r"train/7\.png: corrupt or truncated image"):
+        load_split("maps", "train", tmp_path, progress=False)
+
+
+def test_label_image_of_the_wrong_mode(tmp_path):
+    write_image(tmp_path / "rgb.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"rgb\.png: expected an 8-bit single-channel label image, got mode RGB"):
+        read_image(tmp_path / "rgb.png", mode="L")
+
+
+def test_has_split_ignores_empty_folders(tmp_path):
+    from compnn_py.data import has_split
+
+    write_dataset("camvid", tmp_path / "cv", counts={"train": 1, "val": 1}, size=(8, 8), progress=False)
+    (tmp_path / "cv" / "test").mkdir()
+    (tmp_path / "cv" / "testannot").mkdir()
+    assert [has_split("camvid", s, tmp_path / "cv") for s in ("train", "val", "test")] == [True, True, False]
+    (tmp_path / "cv" / "test.txt").write_text("\n \n")  # a blank list is no split either
+    assert not has_split("camvid", "test", tmp_path / "cv")
+    (tmp_path / "cv" / "test.txt").unlink()
+    write_image(tmp_path / "cv" / "test" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    assert has_split("camvid", "test", tmp_path / "cv")
+
+    _ab_fixture(tmp_path / "ab")
+    (tmp_path / "ab" / "val").mkdir()
+    (tmp_path / "ab" / "val" / "readme.txt").write_text("no images")
+    assert has_split("facades", "train", tmp_path / "ab") and not has_split("facades", "val", tmp_path / "ab")
+    assert not has_split("facades", "test", tmp_path / "ab")
+
+    write_dataset("cityscapes", tmp_path / "cs", counts={"train": 1}, size=(8, 16), layout="cityscapes",
+                  progress=False)
+    (tmp_path / "cs" / "leftImg8bit" / "val" / "city").mkdir(parents=True)
+    assert has_split("cityscapes", "train", tmp_path / "cs") and not has_split("cityscapes", "val", tmp_path / "cs")
+    assert has_split("maps", "test", None)  # synthetic data has every split
+    with pytest.raises(ValueError, match="split"):
+        has_split("maps", "dev", tmp_path)
+
+
+def test_metadata_records_files_relative_to_the_root(tmp_path):
+    write_dataset("camvid", tmp_path / "cv", counts={"train": 2}, size=(8, 8), progress=False)
+    assert load_split("camvid", "train", tmp_path / "cv", progress=False).meta[1]["file"] == "train/synth_00001.png"
+    (tmp_path / "cv" / "train.txt").unlink()
+    assert load_split("camvid", "train", tmp_path / "cv", progress=False).meta[0]["file"] == "train/synth_00000.png"
+    _ab_fixture(tmp_path / "ab")
+    assert [m["file"] for m in load_split("maps", "train", tmp_path / "ab", progress=False).meta] == \
+        ["train/1.png", "train/2.png", "train/10.png"]
+    write_dataset("cityscapes", tmp_path / "cs", counts={"val": 1}, size=(8, 16), layout="cityscapes",
+                  progress=False)
+    meta = load_split("cityscapes", "val", tmp_path / "cs", progress=False).meta[0]
+    assert meta["file"].startswith("leftImg8bit/val/synth/") and meta["file"].endswith("_leftImg8bit.png")

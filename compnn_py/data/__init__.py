@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from . import synthetic
-from .camvid import read_camvid
-from .cityscapes import is_official_layout, read_cityscapes
-from .files import parse_size
+from .camvid import camvid_has_split, read_camvid
+from .cityscapes import PHOTO_SUFFIX, is_official_layout, read_cityscapes
+from .files import has_images, parse_size
 from .labels import colorize, snap_to_palette
 from .palettes import IGNORE
 from .pix2pix import read_pix2pix
@@ -23,7 +23,7 @@ from .tasks import TASKS, Split, TaskSpec, get_task
 
 SPLITS = ("train", "val", "test")
 
-__all__ = ["IGNORE", "SPLITS", "TASKS", "Split", "TaskSpec", "colorize", "get_task", "load_split",
+__all__ = ["IGNORE", "SPLITS", "TASKS", "Split", "TaskSpec", "colorize", "get_task", "has_split", "load_split",
            "snap_to_palette", "synthetic"]
 
 
@@ -53,3 +53,20 @@ def load_split(task, split: str, data_dir=None, *, size=None, n: int | None = No
     if spec.name == "cityscapes" and is_official_layout(root):
         return read_cityscapes(spec, root, split, size=size, n=n, progress=progress)
     return read_pix2pix(spec, root, split, size=size, n=n, direction=direction, progress=progress)
+
+
+def has_split(task, split: str, data_dir) -> bool:
+    """Whether `data_dir` holds at least one image of `split` in the task's layout (nothing is decoded):
+    an empty or image-less `<split>/` folder does not count. data_dir=None (synthetic) has every split."""
+    spec = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data_dir is None:
+        return True
+    root = Path(data_dir)
+    if spec.layout == "camvid":
+        return camvid_has_split(root, split)
+    if spec.name == "cityscapes" and is_official_layout(root):
+        folder = root / "leftImg8bit" / split
+        return folder.is_dir() and any(folder.glob(f"*/*{PHOTO_SUFFIX}"))
+    return has_images(root / split)

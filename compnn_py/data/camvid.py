@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .files import list_images, read_image, require_dir, resize_image, resize_labels
+from .files import has_images, list_images, read_image, relative_name, require_dir, resize_image, resize_labels
 from .palettes import CAMVID_VOID, IGNORE
 from .tasks import Split, TaskSpec
 
@@ -36,6 +36,18 @@ def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(p, annot / p.name) for p in photos]
 
 
+def camvid_has_split(root: Path, split: str) -> bool:
+    """Whether `root` holds split `split`: a `<split>.txt` list with an entry, or a `<split>/` folder
+    with images. An empty `test/` folder is not a split."""
+    listing = Path(root) / f"{split}.txt"
+    if listing.is_file():
+        try:
+            return any(line.strip() for line in listing.read_text().splitlines())
+        except (OSError, UnicodeDecodeError):
+            return True  # there is a list; reading it in camvid_pairs will report what is wrong with it
+    return has_images(Path(root) / split)
+
+
 def read_camvid(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: int | None = None,
                 progress: bool = True) -> Split:
     root = require_dir(Path(root), "camvid data_dir")
@@ -54,5 +66,5 @@ def read_camvid(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: i
         inputs[i] = resize_image(photo, size)
         targets[i] = resize_labels(annot, size)
     ids = [p.stem for p, _ in pairs]
-    meta = [{"sequence": s.split("_")[0], "file": str(p)} for s, (p, _) in zip(ids, pairs)]
+    meta = [{"sequence": s.split("_")[0], "file": relative_name(p, root)} for s, (p, _) in zip(ids, pairs)]
     return Split(inputs, targets, ids, meta, spec)

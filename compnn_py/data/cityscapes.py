@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .files import natural_key, read_image, require_dir, resize_image, resize_labels
+from .files import natural_key, read_image, relative_name, require_dir, resize_image, resize_labels
 from .palettes import CITYSCAPES_ID_TO_TRAIN
 from .tasks import Split, TaskSpec
 
@@ -43,5 +43,5 @@ def read_cityscapes(spec: TaskSpec, root, split: str, *, size: tuple[int, int], 
         inputs[i] = resize_image(photo, size)
         targets[i] = resize_labels(CITYSCAPES_ID_TO_TRAIN[label_ids], size)
         ids.append(base)
-        meta.append({"city": city, "file": str(photo_path)})
+        meta.append({"city": city, "file": relative_name(photo_path, root)})
     return Split(inputs, targets, ids, meta, spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,30 @@ def list_images(folder: Path, what: str) -> list[Path]:
     return sorted(files, key=natural_key)
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """`path` relative to the data root, POSIX style: what per-image metadata records, so that stores
+    and reports neither depend on nor disclose where the data lived."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def has_images(folder: Path) -> bool:
+    """Whether `folder` is a directory holding at least one .jpg/.png file (nothing is decoded)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
 def natural_key(path: Path):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", Path(path).stem)]
 
 
 def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
-    """Decode an image as uint8 RGB (H, W, 3) or, with mode="L"/"P", its raw 8-bit values (H, W)."""
+    """Decode an image as uint8 RGB (H, W, 3) or, with mode="L"/"P", its raw 8-bit values (H, W).
+
+    Any failure to decode (unreadable, corrupt, truncated, over Pillow's decompression-bomb pixel
+    limit, or of an unexpected mode) is one ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
@@ -56,11 +75,19 @@ def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
             im.load()
             if mode == "RGB":
                 im = im.convert("RGB")
-            elif im.mode not in ("L", "P"):
-                raise ValueError(f"{path}: expected an 8-bit single-channel label image, got mode {im.mode}")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, SyntaxError) as err:
+            image_mode = im.mode
+            array = np.asarray(im, dtype=np.uint8).copy() if mode == "RGB" or im.mode in ("L", "P") else None
+    except Image.DecompressionBombError as err:
+        # Not an OSError: a header claiming billions of pixels would otherwise escape as a raw PIL error.
+        raise ValueError(f"{path}: refused, the image is too large to decode safely ({err})") from None
+    except PermissionError as err:
+        raise ValueError(f"{path}: cannot read the image ({err.strerror})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
+        # Pillow's decoders raise all of these on damaged files (UnidentifiedImageError is an OSError).
         raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
+    if array is None:
+        raise ValueError(f"{path}: expected an 8-bit single-channel label image, got mode {image_mode}")
+    return array
 
 
 def write_image(path: Path, array: np.ndarray, *, quality: int = 95) -> None:

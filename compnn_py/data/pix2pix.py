@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .files import list_images, read_image, require_dir, resize_image, resize_labels
+from .files import list_images, read_image, relative_name, require_dir, resize_image, resize_labels
 from .labels import snap_blurred_labels
 from .tasks import Split, TaskSpec
 
@@ -44,4 +44,4 @@ def read_pix2pix(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: 
             targets[i] = resize_labels(ids, size)
         else:
             targets[i] = resize_image(np.ascontiguousarray(target), size)
-    return Split(inputs, targets, [p.stem for p in files], [{"file": str(p)} for p in files], spec)
+    return Split(inputs, targets, [p.stem for p in files], [{"file": relative_name(p, root)} for p in files], spec)
