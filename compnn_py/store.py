@@ -379,7 +379,8 @@ class ActivationStore:
         """Start a new store at `path` (see the module docstring for where it is built, the lock, and
         which existing directories may be replaced). Raises fsio.Busy if another writer holds `path`."""
         path = Path(path)
-        if path.is_symlink():  # build next to the real directory, so the final rename stays on one filesystem
+        if path.is_symlink() or path.name in ("", ".", ".."):
+            # Build next to the real directory (the final rename must stay on one filesystem), under a real name.
             path = Path(os.path.realpath(path))
         n = int(n_images)
         if n <= 0:

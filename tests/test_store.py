@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +327,16 @@ def test_metadata_is_strict_json_without_absolute_paths(tmp_path, rng):
     with pytest.raises(ValueError, match=r"metadata\['config'\]\['data_dir'\]"):
         ActivationStore.create(tmp_path / "t", n_images=2, layers={}, metadata={"config": {"data_dir": "/data"}})
     assert not (tmp_path / "t").exists()
+
+
+def test_a_dead_writers_pending_directory_is_cleaned_up(tmp_path):
+    code = ("import os, sys; from compnn_py.store import ActivationStore\n"
+            "w = ActivationStore.create(sys.argv[1], n_images=2, layers={'a': (1, 1, 2)})\n"
+            "print(w.pending, flush=True); os._exit(0)  # killed mid-export: no close, no abort")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], check=True, capture_output=True, text=True)
+    pending = Path(out.stdout.strip())
+    assert pending.is_dir() and (pending / "a.npy").exists()
+    (tmp_path / ".other.tmp-1-abc").mkdir()  # someone else's temporary directory: not ours to remove
+    w = ActivationStore.create(tmp_path / "s", n_images=2, layers={"a": (1, 1, 2)})  # the lock died with it
+    assert not pending.exists() and (tmp_path / ".other.tmp-1-abc").is_dir()
+    w.abort()
