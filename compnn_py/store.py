@@ -268,7 +268,7 @@ class StoreWriter:
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise ValueError(f"{what} for row {i} contains NaN or Inf")
             if target.dtype == np.float16 and value.size and \
-                    np.abs(value.astype(np.float64)).max() > np.finfo(np.float16).max:
+                    max(abs(float(value.max())), abs(float(value.min()))) > float(np.finfo(np.float16).max):
                 raise ValueError(f"{what} for row {i} overflows float16; create the store with dtype='float32'")
         target[i] = value
         self._written[key][i] = True
