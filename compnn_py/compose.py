@@ -200,12 +200,16 @@ def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=No
 
     method "exact" searches every position of every (allowed) database image; "hierarchical" shortlists
     `shortlist` images by `global_layer`, then `coarse_k` positions per position of `coarse_layer`, then
-    searches only under those at `layer` (DESIGN.md "Hierarchical prune").
+    searches only under those at `layer` (DESIGN.md "Hierarchical prune"); "shortlist" takes the same
+    global shortlist and searches every position of those images exactly (the prune's reference: equal to
+    "hierarchical" with coarse_k=None; `coarse_layer` is not used).
     """
-    if method not in ("exact", "hierarchical"):
-        raise ValueError(f"method must be 'exact' or 'hierarchical', got {method!r}")
+    if method not in ("exact", "shortlist", "hierarchical"):
+        raise ValueError(f"method must be 'exact', 'shortlist' or 'hierarchical', got {method!r}")
     if method == "hierarchical" and (coarse_layer is None or global_layer is None):
         raise ValueError("method='hierarchical' needs coarse_layer and global_layer")
+    if method == "shortlist" and global_layer is None:
+        raise ValueError("method='shortlist' needs global_layer")
     i = _query_index(query, i)
     _check_layer_pair(db, query, layer)
     kernel, _ = _layer_info(db, layer)
@@ -213,6 +217,11 @@ def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=No
     q = np.asarray(query.layer(layer)[i])
     if method == "exact":
         return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=rows, threads=threads)
+    if method == "shortlist":
+        _check_layer_pair(db, query, global_layer)
+        best, _ = _matcher().global_shortlist(np.asarray(query.layer(global_layer)[i]), db.layer(global_layer),
+                                              shortlist, rows=rows, threads=threads)
+        return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=np.sort(best), threads=threads)
     for name in (coarse_layer, global_layer):
         _check_layer_pair(db, query, name)
     kc, _ = _layer_info(db, coarse_layer)

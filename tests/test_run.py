@@ -59,8 +59,8 @@ def test_every_promised_file_is_well_formed(tiny_run):
     assert all(r in md for r in ROWS)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["synthetic_data"] is True
-    assert set(metrics["seconds_per_image"]) == {"exact", "hierarchical"}
-    assert 0 <= metrics["hierarchical_vs_exact"]["same_output_pixel"] <= 1
+    assert set(metrics["seconds_per_image"]) == {"exact", "shortlist", "hierarchical"}
+    assert 0 <= metrics["hierarchical_vs_exact"]["within_shortlist"]["same_label"] <= 1
     pngs = list((out / "panels").glob("*.png")) + list((out / "figures").glob("*.png"))
     assert len(pngs) >= 6 + 5
     for p in pngs:

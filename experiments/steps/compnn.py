@@ -1,9 +1,35 @@
 """The compnn stage: Table 1 (CompNN and the global-NN baselines scored against ground truth and the
-CNN), exact and hierarchical matching side by side, per-query sources and timings."""
+CNN), the fast matcher measured against exact search, per-query sources and timings.
+
+Matchers (compnn_py.compose.match_layer): "exact" searches every position of every training image;
+"shortlist" takes the S = cfg.shortlist training images closest by the global (bottleneck) descriptor
+and searches every position of those exactly; "hierarchical" takes the same shortlist and searches only
+under the coarse-to-fine candidates (the paper's prune). With `match_method="both"` Table 1 uses the
+fast matcher chosen by `choose_method`, and exact search is run on a few queries to measure it:
+
+* Which fast matcher: "shortlist" when exact search within the shortlist costs at most
+  SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
+  a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e14).
+* How many queries get the reference searches (`exact_query_count`), counted separately for exact over
+  the whole database and exact within the shortlist, each costed by `search_cost`: every query when
+  all of them together cost at most EXACT_ALL_BUDGET multiply-adds; else the first
+  DEFAULT_EXACT_QUERIES when one query costs at most EXACT_QUERY_CAP; else none (at Cityscapes scale one
+  exact query is hours of CPU). `--exact_queries=N` sets both counts to N. When the fast matcher is
+  "shortlist" its exact-within-shortlist result exists for every query, so the prune is compared on all.
+* Written to metrics.json: `hierarchical_vs_exact = {"within_shortlist": ..., "over_all": ...}` (the
+  prune's loss alone, and the prune plus the shortlist), `shortlist_vs_exact = {"over_all": ...}` (the
+  shortlist's loss alone), each {same_label, same_source_image, same_match, n_queries}: the fraction of
+  output pixels with the same composed label (SS target), of native positions matched to the same
+  training image, and to the same (image, y, x); pooled over the compared queries.
+
+Per-query work is `query_task` / `_query`: in this process, or as Dask tasks (engine from
+experiments.distributed) that open the stores from `export_dir`, a path every worker must see. Results
+are combined in query order, so both give the same files (timings aside).
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,67 +38,189 @@ import numpy as np
 from tqdm import tqdm
 
 from compnn_py import compose, metrics
+from compnn_py.fsio import write_json
 from experiments.errors import PipelineError
 from experiments.steps.export import open_stores
+
+METHODS = ("exact", "shortlist", "hierarchical")
+SHORTLIST_BUDGET = 1e11      # multiply-adds per query for exact search within the shortlist to be the default
+EXACT_ALL_BUDGET = 2e12      # reference searches run on every query when all together cost at most this
+EXACT_QUERY_CAP = 2e13       # ... else on the first DEFAULT_EXACT_QUERIES when one query costs at most this
+DEFAULT_EXACT_QUERIES = 3
 
 
 def match_kwargs(cfg, ms: dict[str, Any], method: str, threads) -> dict[str, Any]:
     kw: dict[str, Any] = {"method": method, "threads": threads}
+    if method in ("shortlist", "hierarchical"):
+        kw.update(global_layer=ms["global"], shortlist=cfg.shortlist)
     if method == "hierarchical":
-        kw.update(coarse_layer=ms["coarse"], global_layer=ms["global"], shortlist=cfg.shortlist,
-                  coarse_k=cfg.coarse_k, margin=cfg.margin)
+        kw.update(coarse_layer=ms["coarse"], coarse_k=cfg.coarse_k, margin=cfg.margin)
     return kw
 
 
+def search_cost(db, layer: str, n_images: int) -> float:
+    """Multiply-adds of exact patch search for one query at `layer` over `n_images` database images:
+    query positions x database positions x patch dimension (K*K*C)."""
+    meta = db.layer_meta(layer)
+    _, h, w, c = meta["shape"]
+    return float(h * w) * n_images * h * w * c * int(meta["kernel"]) ** 2
+
+
+def exact_query_count(exact_queries: int | None, n_query: int, cost_per_query: float) -> tuple[int, str]:
+    """How many queries (the first ones) get a reference search costing `cost_per_query` multiply-adds
+    each, and the rule that decided it (see the module docstring)."""
+    if exact_queries is not None:
+        if exact_queries < 0:
+            raise PipelineError(f"--exact_queries must be >= 0, got {exact_queries}")
+        return min(exact_queries, n_query), "--exact_queries"
+    if n_query * cost_per_query <= EXACT_ALL_BUDGET:
+        return n_query, f"every query: {n_query} x {cost_per_query:.2g} multiply-adds <= {EXACT_ALL_BUDGET:.0e}"
+    if cost_per_query <= EXACT_QUERY_CAP:
+        n = min(DEFAULT_EXACT_QUERIES, n_query)
+        return n, (f"first {n}: all {n_query} would cost {n_query * cost_per_query:.2g} multiply-adds "
+                   f"> {EXACT_ALL_BUDGET:.0e}")
+    return 0, (f"none: one query costs {cost_per_query:.2g} multiply-adds > {EXACT_QUERY_CAP:.0e}; "
+               "pass --exact_queries=N to measure anyway")
+
+
+def choose_method(db, cfg) -> tuple[str, str]:
+    """The fast matcher for this database and knobs, and why (see the module docstring)."""
+    fine = db.metadata["match_spec"]["fine"]
+    cost = search_cost(db, fine, min(cfg.shortlist, len(db)))
+    if cost <= SHORTLIST_BUDGET:
+        return "shortlist", (f"exact search within the shortlist costs {cost:.2g} multiply-adds per query "
+                             f"<= {SHORTLIST_BUDGET:.0e}")
+    return "hierarchical", (f"exact search within the shortlist would cost {cost:.2g} multiply-adds per query "
+                            f"> {SHORTLIST_BUDGET:.0e}")
+
+
+def plan_queries(db, n_query: int, cfg, match_method: str, exact_queries: int | None) -> dict[str, Any]:
+    """Which matcher gives Table 1 and which methods run on each query (a list per query)."""
+    if match_method not in METHODS + ("both",):
+        raise PipelineError(f"match method must be one of {', '.join(METHODS + ('both',))}, got {match_method!r}")
+    if match_method in ("shortlist", "hierarchical", "both") and cfg.shortlist > len(db):
+        raise PipelineError(f"--shortlist {cfg.shortlist} exceeds the {len(db)} training images")
+    plan: dict[str, Any] = {"main": match_method, "reason": "--match_method", "reference": {}}
+    if match_method != "both":
+        plan["per_query"] = [[match_method]] * n_query
+        return plan
+    main, plan["reason"] = choose_method(db, cfg)
+    fine = db.metadata["match_spec"]["fine"]
+    n_all, rule_all = exact_query_count(exact_queries, n_query, search_cost(db, fine, len(db)))
+    if main == "shortlist":
+        n_short, rule_short = n_query, "every query (the Table 1 matcher)"
+    else:
+        n_short, rule_short = exact_query_count(exact_queries, n_query, search_cost(db, fine, cfg.shortlist))
+    plan.update(main=main, reference={"over_all": {"n_queries": n_all, "rule": rule_all},
+                                      "within_shortlist": {"n_queries": n_short, "rule": rule_short}})
+    per_query = []
+    for q in range(n_query):
+        # The prune is compared wherever its exact-within-shortlist reference runs; exact over all also
+        # gets the shortlist's exact result beside it, so the shortlist's own loss is measured there too.
+        methods = {main}
+        if q < n_short or q < n_all:
+            methods |= {"shortlist", "hierarchical"}
+        if q < n_all:
+            methods.add("exact")
+        per_query.append([m for m in METHODS if m in methods])
+    plan["per_query"] = per_query
+    return plan
+
+
+def _agreement(a: compose.Composition, b: compose.Composition) -> np.ndarray:
+    """Counts: [same label pixels, pixels, same source image positions, same match positions, positions]."""
+    same_label = a.output == b.output
+    if same_label.ndim == 3:
+        same_label = same_label.all(axis=-1)
+    ma, mb = a.matches, b.matches
+    same_image = ma.image[..., 0] == mb.image[..., 0]
+    same_match = same_image & (ma.y[..., 0] == mb.y[..., 0]) & (ma.x[..., 0] == mb.x[..., 0])
+    return np.array([same_label.sum(), same_label.size, same_image.sum(), same_match.sum(), same_image.size],
+                    dtype=np.int64)
+
+
+PAIRS = {("hierarchical_vs_exact", "within_shortlist"): ("hierarchical", "shortlist"),
+         ("hierarchical_vs_exact", "over_all"): ("hierarchical", "exact"),
+         ("shortlist_vs_exact", "over_all"): ("shortlist", "exact")}
+
+
+def _query(db, query, q: int, job: dict[str, Any]) -> dict[str, Any]:
+    """One query's work: its matchers, Table 1 row predictions, sources, timings and agreement counts."""
+    ms, cfg = job["match_spec"], job["cfg"]
+    comps, seconds = {}, {}
+    for m in job["methods"]:
+        t = time.perf_counter()
+        comps[m] = compose.compnn(db, query, q, layer=ms["fine"], target="cnn_outputs",
+                                  **match_kwargs(cfg, ms, m, job["threads"]))
+        seconds[m] = time.perf_counter() - t
+    comp = comps[job["main"]]
+    rows = compose.table1_query(db, query, q, comp, bottleneck_layer=ms["global"], decode2_layer=ms["decode2"],
+                                threads=job["threads"])
+    agree = {key: _agreement(comps[a], comps[b]) for key, (a, b) in PAIRS.items() if a in comps and b in comps}
+    sources = np.stack([comp.matches.image[..., 0], comp.matches.y[..., 0], comp.matches.x[..., 0]])
+    return {"rows": rows, "sources": sources.astype(np.int32), "seconds": seconds, "agree": agree}
+
+
+_OPEN: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def query_task(export_dir: str, q: int, job: dict[str, Any]) -> dict[str, Any]:
+    """A Dask task: query q of the export at `export_dir` (stores opened once per worker process)."""
+    stamp = os.stat(Path(export_dir) / "train" / "manifest.json").st_mtime_ns
+    key = (export_dir, stamp)
+    if key not in _OPEN:
+        _OPEN.clear()
+        _OPEN[key] = open_stores(Path(export_dir))
+    db, query = _OPEN[key]
+    return _query(db, query, q, job)
+
+
 def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
-               exact_queries: int | None = None) -> None:
+               exact_queries: int | None = None, engine=None) -> None:
     db, query = open_stores(export_dir)
     ms = db.metadata["match_spec"]
-    fine = ms["fine"]
-    methods = ["exact", "hierarchical"] if match_method == "both" else [match_method]
-    main = methods[-1]
-    if main == "hierarchical" and cfg.shortlist > len(db):
-        raise PipelineError(f"--shortlist {cfg.shortlist} exceeds the {len(db)} training images")
-    rows = {name: [] for name in metrics.TABLE1_ROWS}
-    sources, seconds = [], {m: [] for m in methods}
-    agree_match, agree_label = [], []
-    for q in tqdm(range(len(query)), desc="CompNN queries", unit="img"):
-        comps = {}
-        for m in methods:
-            if m != main and exact_queries is not None and q >= exact_queries:
-                continue
-            t = time.perf_counter()
-            comps[m] = compose.compnn(db, query, q, layer=fine, target="cnn_outputs",
-                                      **match_kwargs(cfg, ms, m, threads))
-            seconds[m].append(time.perf_counter() - t)
-        comp = comps[main]
-        if len(comps) == 2:
-            a, b = comps["exact"].matches, comps["hierarchical"].matches
-            same = (a.image[..., 0] == b.image[..., 0]) & (a.y[..., 0] == b.y[..., 0]) & (a.x[..., 0] == b.x[..., 0])
-            agree_match.append(float(same.mean()))
-            agree_label.append(float(np.all(comps["exact"].output == comp.output, axis=-1).mean()
-                                     if comp.output.ndim == 3 else (comps["exact"].output == comp.output).mean()))
-        for name, pred in compose.table1_query(db, query, q, comp, bottleneck_layer=ms["global"],
-                                               decode2_layer=ms["decode2"], threads=threads).items():
-            rows[name].append(pred)
-        sources.append(np.stack([comp.matches.image[..., 0], comp.matches.y[..., 0], comp.matches.x[..., 0]]))
+    plan = plan_queries(db, len(query), cfg, match_method, exact_queries)
+    main = plan["main"]
+    task_threads = threads if engine is None else engine.threads
+    jobs = [{"match_spec": ms, "cfg": cfg, "threads": task_threads, "main": main, "methods": methods}
+            for methods in plan["per_query"]]
+    if engine is None:
+        results = [_query(db, query, q, job) for q, job in
+                   enumerate(tqdm(jobs, desc="CompNN queries", unit="img"))]
+    else:
+        results = engine.map(query_task, [(str(Path(export_dir).resolve()), q, job) for q, job in enumerate(jobs)],
+                             desc="CompNN queries")
+
+    rows = {name: [r["rows"][name] for r in results] for name in metrics.TABLE1_ROWS}
     table, stacked = compose.table1_score(db, rows, np.asarray(query.labels), spec.num_classes)
     table.title = f"Table 1 — {cfg.task} ({cfg.model}, {len(query)} query images, CompNN: {main} matching)"
     table.write(d / "table1")
     np.savez_compressed(d / "outputs.npz", **{k.replace(" ", "_"): v for k, v in stacked.items()})
-    np.save(d / "sources.npy", np.stack(sources).astype(np.int32))
-    summary = {
+    np.save(d / "sources.npy", np.stack([r["sources"] for r in results]))
+    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
+    for r in results:
+        for m, s in r["seconds"].items():
+            seconds[m].append(s)
+    fine_meta = db.layer_meta(ms["fine"])
+    summary: dict[str, Any] = {
         "task": cfg.task, "model": cfg.model, "n_train": len(db), "n_query": len(query),
-        "fine_layer": fine, "fine_shape": db.layer_meta(fine)["shape"][1:], "kernel": db.layer_meta(fine)["kernel"],
-        "stride": db.layer_meta(fine)["stride"], "table1_matching": main,
+        "fine_layer": ms["fine"], "fine_shape": fine_meta["shape"][1:], "kernel": fine_meta["kernel"],
+        "stride": fine_meta["stride"], "table1_matching": main,
         "table1": {r: dict(zip(table.columns, map(float, v))) for r, v in zip(table.rows, table.values)},
-        "seconds_per_image": {m: float(np.mean(s)) for m, s in seconds.items()},
-        "matcher": {"shortlist": cfg.shortlist, "coarse_k": cfg.coarse_k, "margin": cfg.margin,
-                    "threads": threads},
+        "seconds_per_image": {m: float(np.mean(s)) for m, s in seconds.items() if s},
+        "matcher": {"method": main, "why": plan["reason"], "shortlist": cfg.shortlist, "coarse_k": cfg.coarse_k,
+                    "margin": cfg.margin, "threads": threads,
+                    "engine": None if engine is None else engine.describe()},
     }
-    if agree_match:
-        summary["hierarchical_vs_exact"] = {"same_match": float(np.mean(agree_match)),
-                                            "same_output_pixel": float(np.mean(agree_label))}
+    if plan["reference"]:
+        summary["exact_reference"] = plan["reference"]
+    for (group, scope) in PAIRS:
+        counts = [r["agree"][(group, scope)] for r in results if (group, scope) in r["agree"]]
+        if counts:
+            c = np.sum(counts, axis=0)
+            summary.setdefault(group, {})[scope] = {
+                "same_label": float(c[0] / c[1]), "same_source_image": float(c[2] / c[4]),
+                "same_match": float(c[3] / c[4]), "n_queries": len(counts)}
     if table.per_class:
         summary["per_class_iou"] = {r: [float(v) for v in a] for r, a in table.per_class.items()}
-    (d / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_json(d / "metrics.json", summary)
