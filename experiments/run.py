@@ -1,28 +1,38 @@
 """The one-command pipeline: `python -m experiments.run --task=cityscapes`.
 
-Stages, each cached in the run directory by a hash of its configuration (experiments.stages):
+Stages, each cached under `<out_dir>/cache/` by a hash of exactly the inputs that change its output
+(`stage_configs`; experiments.stages does the caching):
 data -> train (or --checkpoint) -> export (train + query activations) -> compnn (Table 1, exact and
 hierarchical matching, timings) -> analyses (reconstruction, correspondence, bias modification,
 activation prediction, layer sweep) -> report (table1.csv/md, metrics.json, PNGs, report.html).
+
+Every flag is validated before any stage runs, the run directory is locked against a second run, and
+a stage is built in a temporary directory and swapped in only when it succeeded, so a bad invocation
+or an interrupted run never loses a finished result.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 from absl import app, flags, logging
 
-from experiments.errors import UserError
-from experiments.steps import analyses as analyses_step, compnn as compnn_step, data as data_step, export as export_step
-from experiments.steps import report as report_step, train as train_step
+from compnn_py import fsio
 from compnn_py.data import TASKS as TASK_SPECS
+from experiments.errors import UserError
+from experiments.stages import Stage, config_hash, remove_stale_temporaries
+from experiments.steps import analyses as analyses_step, compnn as compnn_step, data as data_step
+from experiments.steps import export as export_step, report as report_step, train as train_step
 from experiments.tasks import PRESETS, run_config
-from experiments.stages import Stage
 
 TASKS = ("cityscapes", "camvid", "facades", "facades_labels", "maps")
 STAGES = ("data", "train", "export", "compnn", "analyses", "report")
+MAX_THREADS = 1024
+PUBLISHED = ("report.html", "table1.md", "table1.csv", "metrics.json")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", None, TASKS, "Which paper task to run: cityscapes (photo -> labels, Pix2Pix), "
@@ -34,24 +44,39 @@ flags.DEFINE_string("data_dir", None, "Root of a real dataset in its standard la
 flags.DEFINE_string("out_dir", None, "Run directory for caches and results (default: runs/<task>).")
 flags.DEFINE_enum("preset", "quick", PRESETS, "quick: a model and data sized for a 2-core CPU (minutes); "
                   "paper: the paper's sizes (256x256 ngf=64 Pix2Pix, 200 epochs; SegNet at 360x480) for a GPU.")
-flags.DEFINE_string("checkpoint", None, "A training run directory (written by this driver's train stage or "
-                    "tf_models.train) to load instead of training.")
+flags.DEFINE_string("checkpoint", None, "A trained network to explain instead of training one: a training "
+                    "run directory of this driver, a Keras .keras file, or a pix2pix-tensorflow checkpoint "
+                    "directory.")
+flags.DEFINE_string("match_layers", None, "For a network compnn did not build: its layers as "
+                    "global:NAME,coarse:NAME,fine:NAME (bottleneck, coarse and pixel-level matching).")
+flags.DEFINE_string("decode2", None, "With --match_layers: the layer of Table 1's Global-Decode2 row "
+                    "(default: the fine layer).")
+flags.DEFINE_integer("kernel", None, "With --match_layers: the fine patch size K (default: the kernel of "
+                     "the conv that consumes the fine layer, where it can be read, else 1).")
+flags.DEFINE_enum("export_layers", "used", ["used", "all"], "Export only the layers this run's matching and "
+                  "analyses read (used), or every named map (all).")
 flags.DEFINE_string("query_split", None, "Split whose images are explained (default: test when the dataset "
-                    "has one and a --data_dir is given, else val).")
-flags.DEFINE_list("stages", list(STAGES), f"Stages to run, a subset of {','.join(STAGES)}; the others must "
-                  "be cached already.")
-flags.DEFINE_bool("force", False, "Redo the selected stages even when cached.")
+                    "has a non-empty one and a --data_dir is given, else val).")
+flags.DEFINE_list("stages", list(STAGES), f"Stages to run, any subset of {','.join(STAGES)}: the stages up "
+                  "to the last one named run; the unnamed ones before it must be cached already.")
+flags.DEFINE_bool("force", False, "Redo the selected stages even when cached (each is rebuilt aside and "
+                  "replaces the cached one only when it succeeded; training restarts from step 0).")
 flags.DEFINE_enum("match_method", "both", ["exact", "hierarchical", "both"], "Matcher for CompNN: exact "
                   "search over every training position, the hierarchical prune, or both (Table 1 uses "
                   "hierarchical when both, and reports their agreement).")
 flags.DEFINE_integer("exact_queries", None, "With --match_method=both, run the (slow) exact search only on "
-                     "the first N query images to measure the hierarchical prune against it (default: all).")
+                     "the first N query images to measure the hierarchical prune against it.")
 flags.DEFINE_integer("shortlist", None, "Hierarchical matcher: images kept by the bottleneck shortlist (S). "
                      "Paper: 100 for Cityscapes, 10 for CamVid.")
 flags.DEFINE_integer("coarse_k", None, "Hierarchical matcher: candidates kept per coarse position.")
 flags.DEFINE_integer("margin", None, "Hierarchical matcher: extra fine positions searched around each "
                      "coarse candidate.")
-flags.DEFINE_integer("threads", None, "Matcher threads (default: all available CPUs).")
+flags.DEFINE_integer("threads", None, f"Matcher threads (default: all available CPUs; at most {MAX_THREADS}). "
+                     "Results do not depend on it.")
+flags.DEFINE_integer("workers", None, "Run the per-image work on a local Dask cluster of N worker processes "
+                     "(needs `pip install compnn[dask]`). Results do not depend on it.")
+flags.DEFINE_string("scheduler", None, "Run the per-image work on an existing Dask cluster at this address "
+                    "(e.g. tcp://host:8786); every worker must see --out_dir at the same path.")
 flags.DEFINE_enum("model", None, ["pix2pix", "segnet_basic", "segnet_vgg16"], "Override the task's network, "
                   "e.g. --task=camvid --model=pix2pix --size=128,128 for Pix2Pix photo -> labels on CamVid.")
 flags.DEFINE_integer("steps", None, "Override the preset's training length in steps.")
@@ -62,115 +87,307 @@ flags.DEFINE_integer("n_query", None, "Explain only the first N query images.")
 flags.DEFINE_integer("seed", None, "Seed for data generation, training and sampling.")
 
 
-def _settings():
+# ---- settings: every flag checked before anything runs -------------------------------------------
+
+def _positive(name: str, value, low: int = 1, high: int = 2**31 - 1) -> None:
+    if value is not None and not low <= value <= high:
+        raise UserError(f"--{name} must be an integer in [{low}, {high}], got {value}")
+
+
+def _match_layers(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    parts = dict(p.split(":", 1) for p in text.split(",") if ":" in p)
+    if len(parts) != len(text.split(",")) or set(parts) != {"global", "coarse", "fine"} or not all(parts.values()):
+        raise UserError(f"--match_layers must be global:NAME,coarse:NAME,fine:NAME, got {text!r}")
+    return parts
+
+
+def settings() -> dict[str, Any]:
+    """The validated invocation: RunConfig and everything else the stages need."""
+    if FLAGS.task is None:
+        raise UserError(f"--task is required (one of {', '.join(TASKS)})")
+    for name, low in (("n_train", 1), ("n_query", 1), ("steps", 1), ("epochs", 1), ("shortlist", 1),
+                      ("coarse_k", 1), ("margin", 0), ("exact_queries", 0), ("seed", 0), ("kernel", 1),
+                      ("workers", 1)):
+        _positive(name, getattr(FLAGS, name), low)
+    _positive("threads", FLAGS.threads, 1, MAX_THREADS)
+    if FLAGS.steps is not None and FLAGS.epochs is not None:
+        raise UserError("give --steps or --epochs, not both")
+    if FLAGS.workers is not None and FLAGS.scheduler:
+        raise UserError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     size = None
     if FLAGS.size:
         try:
             size = tuple(int(v) for v in FLAGS.size)
         except ValueError:
-            raise UserError(f"--size must be H,W integers, got {','.join(FLAGS.size)}")
+            raise UserError(f"--size must be H,W integers, got {','.join(FLAGS.size)}") from None
         if len(size) == 1:
             size = size * 2
-        if len(size) != 2 or min(size) < 8:
-            raise UserError(f"--size must be H,W with both >= 8, got {FLAGS.size}")
+        if len(size) != 2 or not all(8 <= s <= 8192 for s in size):
+            raise UserError(f"--size must be H,W with both in [8, 8192], got {','.join(FLAGS.size)}")
+    unknown = [s for s in FLAGS.stages if s not in STAGES]
+    if unknown or not FLAGS.stages:
+        raise UserError(f"--stages has unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
     data_dir = None
     if FLAGS.data_dir:
         data_dir = Path(FLAGS.data_dir).expanduser().resolve()
         if not data_dir.is_dir():
             raise UserError(f"--data_dir {FLAGS.data_dir} does not exist or is not a directory")
-    unknown = [s for s in FLAGS.stages if s not in STAGES]
-    if unknown:
-        raise UserError(f"--stages has unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
     checkpoint = None
     if FLAGS.checkpoint:
         checkpoint = Path(FLAGS.checkpoint).expanduser().resolve()
-        if not checkpoint.is_dir():
-            raise UserError(f"--checkpoint {FLAGS.checkpoint} is not a directory")
-    cfg = run_config(FLAGS.task, FLAGS.preset, real_data=data_dir is not None, model=FLAGS.model, steps=FLAGS.steps,
-                     epochs=FLAGS.epochs, size=size, n_train=FLAGS.n_train, n_query=FLAGS.n_query,
-                     seed=FLAGS.seed, shortlist=FLAGS.shortlist, coarse_k=FLAGS.coarse_k, margin=FLAGS.margin)
-    if cfg.model == "pix2pix" and (cfg.size[0] != cfg.size[1] or cfg.size[0] & (cfg.size[0] - 1)):
-        raise UserError(f"Pix2Pix needs a square power-of-two size, got {cfg.size[0]},{cfg.size[1]}")
-    out_dir = Path(FLAGS.out_dir or Path("runs") / FLAGS.task).resolve()
-    return cfg, data_dir, checkpoint, out_dir
+        if not checkpoint.exists():
+            raise UserError(f"--checkpoint {FLAGS.checkpoint} does not exist")
+    match_layers = _match_layers(FLAGS.match_layers)
+    if (FLAGS.decode2 or FLAGS.kernel) and match_layers is None:
+        raise UserError("--decode2 and --kernel describe a network named with --match_layers; give it too")
+    if match_layers is not None and checkpoint is None:
+        raise UserError("--match_layers names the layers of your own network: give it with --checkpoint")
+    spec = TASK_SPECS[FLAGS.task]
+    if FLAGS.query_split is not None and FLAGS.query_split not in spec.splits:
+        raise UserError(f"--query_split must be one of {', '.join(spec.splits)} for {FLAGS.task}, "
+                        f"got {FLAGS.query_split!r}")
+    try:
+        cfg = run_config(FLAGS.task, FLAGS.preset, real_data=data_dir is not None, model=FLAGS.model,
+                         steps=FLAGS.steps, epochs=FLAGS.epochs, size=size, n_train=FLAGS.n_train,
+                         n_query=FLAGS.n_query, seed=FLAGS.seed, shortlist=FLAGS.shortlist,
+                         coarse_k=FLAGS.coarse_k, margin=FLAGS.margin, export_layers=FLAGS.export_layers,
+                         match_layers=FLAGS.match_layers, decode2=FLAGS.decode2, kernel=FLAGS.kernel)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from tf_models import registry  # architecture facts: one place (imports TensorFlow)
+
+    if checkpoint is None and registry.get(cfg.model).square_power_of_two and (
+            cfg.size[0] != cfg.size[1] or cfg.size[0] & (cfg.size[0] - 1)):
+        raise UserError(f"{cfg.model} needs a square power-of-two size, got {cfg.size[0]},{cfg.size[1]}")
+    out_dir = Path(FLAGS.out_dir or Path("runs") / FLAGS.task).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} exists and is not a directory")
+    query_split = FLAGS.query_split or data_step.default_query_split(spec, data_dir)
+    return dict(cfg=cfg, spec=spec, data_dir=data_dir, checkpoint=checkpoint, out_dir=out_dir,
+                query_split=query_split, stages=[s for s in STAGES if s in FLAGS.stages], force=FLAGS.force,
+                match_method=FLAGS.match_method, exact_queries=FLAGS.exact_queries, threads=FLAGS.threads,
+                workers=FLAGS.workers, scheduler=FLAGS.scheduler)
 
 
-def run(cfg, data_dir, checkpoint, out_dir, *, stages, force, match_method, threads, query_split,
-        exact_queries=None):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / "cache"
-    spec = TASK_SPECS[cfg.task]
-    query_split = query_split or data_step.default_query_split(spec, data_dir)
-    if data_dir is None:
-        logging.warning("No --data_dir: using the built-in SYNTHETIC %s set (results are not the paper's).",
-                        cfg.task)
+# ---- stage keys: exactly what changes each stage's output ----------------------------------------
 
-    data = Stage(cache, "data", {"cfg": cfg.as_dict(), "data_dir": str(data_dir), "query": query_split})
+def stage_configs(cfg, *, data_dir, query_split, checkpoint, match_method, exact_queries, out_dir,
+                  checkpoint_stamp=None) -> dict[str, dict[str, Any]]:
+    """The cache key inputs of every stage. Matcher knobs a method does not read are left out, and so
+    are threads and workers (results do not depend on them) and the training length (a longer
+    training continues the same train stage; it is part of the export's key instead)."""
+    keys: dict[str, dict[str, Any]] = {}
+    keys["data"] = {"task": cfg.task, "data_dir": str(data_dir) if data_dir else None, "query_split": query_split,
+                    "size": list(cfg.size), "n_train": cfg.n_train, "n_query": cfg.n_query, "seed": cfg.seed}
+    data = config_hash(keys["data"])
     if checkpoint is not None:
-        train = Stage(cache, "train", {"checkpoint": str(checkpoint),
-                                       "mtime": train_step.checkpoint_stamp(checkpoint)})
+        keys["train"] = {"checkpoint": str(checkpoint), "stamp": checkpoint_stamp, "model": cfg.model}
+        length = None
     else:
+        keys["train"] = {"data": data, "model": cfg.model, "ngf": cfg.ngf, "batch_size": cfg.batch_size,
+                         "seed": cfg.seed}
         length = {"steps": cfg.steps, "epochs": cfg.epochs}
-        fixed = {k: v for k, v in cfg.as_dict().items() if k not in length}
-        train = Stage(cache, "train", {"data": data.key, "cfg": fixed}, resumable=True, target=length)
-    export = Stage(cache, "export", {"data": data.key, "train": train.key, "length": train.target})
-    knobs = {"method": match_method, "shortlist": cfg.shortlist, "coarse_k": cfg.coarse_k,
-             "margin": cfg.margin, "exact_queries": exact_queries}
-    compnn = Stage(cache, "compnn", {"export": export.key, "match": knobs})
-    analyses = Stage(cache, "analyses", {"export": export.key, "match": knobs, "panels": cfg.n_panels})
-    report = Stage(cache, "report", {"compnn": compnn.key, "analyses": analyses.key, "out": str(out_dir)})
-    ordered = [("data", data), ("train", train), ("export", export), ("compnn", compnn),
-               ("analyses", analyses), ("report", report)]
+    keys["export"] = {"data": data, "train": config_hash(keys["train"]), "length": length,
+                      "layers": cfg.export_layers, "match_layers": cfg.match_layers, "decode2": cfg.decode2,
+                      "kernel": cfg.kernel}
+    export = config_hash(keys["export"])
+    hier = match_method != "exact"
+    knobs = {"method": match_method, "shortlist": cfg.shortlist if hier else None,
+             "coarse_k": cfg.coarse_k if hier else None, "margin": cfg.margin if hier else None}
+    keys["compnn"] = {"export": export, **knobs,
+                      "exact_queries": exact_queries if match_method == "both" else None}
+    keys["analyses"] = {"export": export, **knobs}
+    keys["report"] = {"compnn": config_hash(keys["compnn"]), "analyses": config_hash(keys["analyses"]),
+                      "train": config_hash(keys["train"]), "panels": cfg.n_panels, "out_dir": str(out_dir)}
+    return keys
 
-    def need(name, stage):
-        if name not in stages and not stage.done():
-            raise UserError(f"stage {name} is needed but neither selected in --stages nor cached in {stage.dir}")
 
-    def go(name, stage, fn):
-        need(name, stage)
-        if name in stages:
-            stage.run(fn, force=force)
+def _print_configuration(s: dict[str, Any]) -> dict[str, Any]:
+    resolved = {"task": s["cfg"].task, **s["cfg"].as_dict(), "data_dir": str(s["data_dir"] or "(synthetic)"),
+                "checkpoint": str(s["checkpoint"]) if s["checkpoint"] else None, "query_split": s["query_split"],
+                "out_dir": str(s["out_dir"]), "stages": ",".join(s["stages"]), "force": s["force"],
+                "match_method": s["match_method"], "exact_queries": s["exact_queries"], "threads": s["threads"],
+                "workers": s["workers"], "scheduler": s["scheduler"]}
+    print("compnn configuration (preset values after overrides):")
+    for k, v in resolved.items():
+        print(f"  {k:14s} = {v}")
+    return resolved
 
-    go("data", data, lambda d: data_step.prepare_data(d, cfg, spec, data_dir, query_split))
-    if checkpoint is not None:
-        go("train", train, lambda d: train_step.check_checkpoint(d, checkpoint, cfg))
-        model_dir = checkpoint
+
+# ---- the run --------------------------------------------------------------------------------------
+
+UPSTREAM = {"data": (), "train": ("data",), "export": ("data", "train"), "compnn": ("export",),
+            "analyses": ("export",), "report": ("compnn", "analyses")}
+
+
+def _train_target(s, data: Stage) -> dict[str, int] | None:
+    """The training length in steps (epochs need the training set's size, known once data is cached)."""
+    if s["checkpoint"] is not None or not data.done():
+        return None
+    cfg = s["cfg"]
+    n = data_step.count(data.dir, "train")
+    return {"steps": cfg.steps if cfg.steps is not None else cfg.epochs * max(1, n // cfg.batch_size)}
+
+
+def plan(s, stages: dict[str, Stage]) -> list[str]:
+    """The stages that must compute: the last selected stage unless it is cached, every forced stage,
+    and every uncached stage their inputs come from. So a second run is a no-op, `--stages=data,train`
+    trains and stops, and a deleted report is rebuilt from cached results. An input that is neither
+    cached nor selected is an error, raised before anything runs; nothing after the last selected
+    stage runs."""
+    selected, force = s["stages"], s["force"]
+    target = _train_target(s, stages["data"])
+
+    def cached(name):
+        if name == "train" and s["checkpoint"] is None:
+            return target is not None and stages[name].done(target)
+        return stages[name].done()
+
+    todo: set[str] = set()
+    wanted = list(selected) if force else [selected[-1]]
+    while wanted:
+        name = wanted.pop()
+        if name in todo or (not force and cached(name)):
+            continue
+        if name not in selected:
+            raise UserError(f"stage {name} is needed but neither selected in --stages nor cached in "
+                            f"{stages[name].dir}")
+        todo.add(name)
+        wanted += [up for up in UPSTREAM[name] if not cached(up)]
+    return [n for n in STAGES if n in todo]
+
+
+def run(s: dict[str, Any]) -> list[tuple[str, Stage]]:
+    """Runs the selected stages of a validated invocation (`settings()`); returns the stages in order."""
+    out_dir = s["out_dir"]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out_dir {out_dir}: {e.strerror}") from None
+    cache = out_dir / "cache"
+    with fsio.exclusive_lock(cache / ".lock", f"run directory {out_dir}"):
+        remove_stale_temporaries(cache)
+        fsio.write_json(out_dir / "config.json", _print_configuration(s))
+        stamp = train_step.checkpoint_stamp(s["checkpoint"]) if s["checkpoint"] else None
+        keys = stage_configs(s["cfg"], data_dir=s["data_dir"], query_split=s["query_split"],
+                             checkpoint=s["checkpoint"], match_method=s["match_method"],
+                             exact_queries=s["exact_queries"], out_dir=out_dir, checkpoint_stamp=stamp)
+        stages = {name: Stage(cache, name, keys[name], resumable=name == "train" and not s["checkpoint"])
+                  for name in STAGES}
+        todo = plan(s, stages)
+        for name in STAGES[:STAGES.index(s["stages"][-1]) + 1]:
+            if name not in todo:
+                stages[name].state = "cached" if stages[name].record() else "not needed"
+        _run_stages(s, stages, todo)
+        return [(name, stages[name]) for name in STAGES]
+
+
+def _engine(s):
+    if s["workers"] is None and not s["scheduler"]:
+        return {}
+    from experiments import distributed  # imports Dask only when asked for
+
+    return {"engine": distributed.engine(workers=s["workers"], scheduler=s["scheduler"], threads=s["threads"])}
+
+
+def _run_stages(s, stages: dict[str, Stage], todo: list[str]) -> None:
+    cfg, spec, threads, out_dir = s["cfg"], s["spec"], s["threads"], s["out_dir"]
+    data, train, export, compnn, analyses, report = (stages[n] for n in STAGES)
+
+    def go(name, fn, **kw):
+        if name in todo:
+            stages[name].run(fn, force=True, **kw)  # plan() decided it must compute
+
+    go("data", lambda d: data_step.prepare_data(d, cfg, spec, s["data_dir"], s["query_split"]))
+    if any(n in todo for n in ("compnn", "analyses")) and s["match_method"] != "exact":
+        n_train = data_step.count(data.dir, "train")
+        if cfg.shortlist > n_train:
+            raise UserError(f"--shortlist {cfg.shortlist} exceeds the {n_train} training images")
+    if s["checkpoint"] is not None:
+        go("train", lambda d: train_step.check_checkpoint(d, s["checkpoint"], cfg))
+        model_dir = s["checkpoint"]
     else:
-        go("train", train, lambda d: train_step.train_model(d, cfg, spec, data.dir))
         model_dir = train.dir
-    go("export", export, lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir))
-    go("compnn", compnn, lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, match_method, threads,
-                                                       exact_queries))
-    go("analyses", analyses, lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads))
-    timings = [(name, stage.seconds) for name, stage in ordered]
-    go("report", report, lambda d: report_step.write_outputs(d, out_dir, cfg, spec, data_dir, export.dir,
-                                                           compnn.dir, analyses.dir, timings))
-    return ordered
+        if "train" in todo:
+            target = _train_target(s, data)
+            reached = ((train.record() or {}).get("target") or {}).get("steps", 0)
+            if not s["force"] and reached > target["steps"]:
+                raise UserError(f"the cached training in {train.dir} reached {reached} steps; a shorter one "
+                                f"({target['steps']}) is not kept: ask for at least {reached} steps, or --force "
+                                "to train again from step 0")
+            if not s["force"] and reached:
+                logging.info("train: resuming at step %d of %d", reached, target["steps"])
+            train.run(lambda d: train_step.train_model(d, cfg, spec, data.dir), force=s["force"], target=target)
+    go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir))
+    engine = _engine(s) if any(n in todo for n in ("compnn", "analyses")) else {}
+    go("compnn", lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, s["match_method"], threads,
+                                                  s["exact_queries"], **engine))
+    go("analyses", lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads,
+                                                        match_method=s["match_method"], **engine))
+    timings = [(name, st.seconds if st.state in ("ran", "resumed") else st.recorded_seconds)
+               for name, st in stages.items() if name != "report"]
+
+    def write_report(d):
+        report_step.write_outputs(d, out_dir, cfg, spec, s["data_dir"], export.dir, compnn.dir, analyses.dir,
+                                  timings, train_dir=train.dir)
+        # The user-facing files are outputs of this stage too: deleting one makes the report run again.
+        return [out_dir / f for f in PUBLISHED if (out_dir / f).exists()]
+
+    go("report", write_report)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def _expected_errors():
+    from compnn_py.store import StoreError
+
+    return (UserError, fsio.Busy, fsio.CorruptFile, StoreError, ValueError, OSError)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.task is None:
-        print(f"error: --task is required (one of {', '.join(TASKS)})", file=sys.stderr)
-        return 2
     start = time.perf_counter()
+    s = None
     try:
-        cfg, data_dir, checkpoint, out_dir = _settings()
-        ordered = run(cfg, data_dir, checkpoint, out_dir, stages=set(FLAGS.stages), force=FLAGS.force,
-                      match_method=FLAGS.match_method, threads=FLAGS.threads, query_split=FLAGS.query_split,
-                      exact_queries=FLAGS.exact_queries)
-    except (UserError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        s = settings()
+        ordered = run(s)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished stages are kept, the interrupted one is left as it was",
+              file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        message = str(e) if isinstance(e, (UserError, fsio.Busy, fsio.CorruptFile)) else f"{type(e).__name__}: {e}"
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
-    print(f"\ncompnn {cfg.task} ({cfg.preset} preset{', synthetic data' if data_dir is None else ''}) "
+    except Exception as e:  # a bug: still one line for the user, the traceback kept for a report
+        where = (s["out_dir"] / "cache" if s and s["out_dir"].is_dir() else Path.cwd()) / "error.log"
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            fsio.write_atomic(where, traceback.format_exc())
+        except OSError:
+            where = None
+        print(f"error: internal error {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+        return 1
+    cfg = s["cfg"]
+    print(f"\ncompnn {cfg.task} ({cfg.preset} preset{', synthetic data' if s['data_dir'] is None else ''}) "
           f"finished in {time.perf_counter() - start:.1f} s")
     for name, stage in ordered:
-        state = "cached" if stage.skipped else ("ran" if stage.done() else "not run")
-        print(f"  {name:9s} {state:7s} {stage.seconds:8.1f} s  {stage.dir}")
-    for f in ("report.html", "table1.md", "table1.csv", "metrics.json"):
-        if (out_dir / f).exists():
-            print(f"  -> {out_dir / f}")
+        if stage.state == "cached":
+            what = f"cached   (took {stage.recorded_seconds:.1f} s when it ran)"
+        elif stage.state in ("ran", "resumed"):
+            what = f"{stage.state:8s} {stage.seconds:.1f} s"
+        elif stage.state == "not needed":
+            what = "not needed (later stages are cached)"
+        else:
+            what = "not run"
+        print(f"  {name:9s} {what:40s} {stage.dir}")
+    for f in (*PUBLISHED, "config.json"):
+        if (s["out_dir"] / f).exists():
+            print(f"  -> {s['out_dir'] / f}")
     return 0
 
 

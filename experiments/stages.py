@@ -1,10 +1,16 @@
-"""Stage caching for the drivers: each stage's outputs live in a directory keyed by its configuration.
+"""Stage caching for the driver: each stage's outputs live in a directory keyed by its configuration.
 
-A stage directory is `<run_dir>/<name>-<hash of config>`; it counts as done only once `DONE.json`
-(its config and wall time) was written, last. An interrupted stage is cleared and redone, except a
-resumable one (training), which keeps its directory so it can continue from its checkpoints; its
-`target` (the training length) is checked but left out of the key, so asking for more epochs
-continues the same run instead of starting over.
+A stage directory is `<cache>/<name>-<hash of config>`, where the config holds exactly the inputs that
+change the stage's output (experiments.run builds them). It counts as done only when its record
+`DONE.json` (config, target, wall time, and the size of every file it produced) exists, parses, and
+every recorded file is still there with its recorded size: a deleted or truncated output makes the
+stage run again instead of being reported as cached.
+
+A stage is built in a temporary sibling directory and renamed into place when it succeeded, so an
+interrupted or failed run (or a failed --force) leaves the previous result untouched. The exception is
+a resumable stage (training) that is continued: it works in place, because its checkpoints are what
+it resumes from; its `target` (the training length) is recorded but is not part of the key, so asking
+for a longer training continues the same run.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from absl import logging
+
+from compnn_py import fsio
 
 DONE = "DONE.json"
 
@@ -26,15 +34,30 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != DONE}
+
+
+def _intact(files: dict[str, int], root: Path | None) -> bool:
+    for name, size in files.items():
+        path = Path(name) if root is None else root / name
+        try:
+            if path.stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Stage:
     run_dir: Path
     name: str
     config: dict[str, Any]
     resumable: bool = False
-    target: dict[str, Any] = field(default_factory=dict)   # must match too, but is not part of the key
-    seconds: float = field(default=0.0, init=False)
-    skipped: bool = field(default=False, init=False)
+    state: str = field(default="not run", init=False)      # "cached", "ran", "resumed" or "not run"
+    seconds: float = field(default=0.0, init=False)        # wall time in this invocation
 
     @property
     def key(self) -> str:
@@ -44,28 +67,67 @@ class Stage:
     def dir(self) -> Path:
         return Path(self.run_dir) / f"{self.name}-{self.key}"
 
-    def done(self) -> bool:
-        """Finished, and for the same target (a resumable stage asked for more steps is not done)."""
+    def record(self) -> dict[str, Any] | None:
+        """The stage's DONE record, or None when it has none, or a corrupt one (then it is redone)."""
         path = self.dir / DONE
-        return path.exists() and json.loads(path.read_text()).get("target", {}) == self.target
-
-    def run(self, fn: Callable[[Path], Any], *, force: bool = False) -> Any:
-        """Run `fn(stage_dir)` unless the stage is done (then return None: the caller loads from `dir`)."""
-        if self.done() and not force:
-            self.skipped = True
-            self.seconds = json.loads((self.dir / DONE).read_text()).get("seconds", 0.0)
-            logging.info("stage %s: cached in %s (took %.1f s when it ran)", self.name, self.dir, self.seconds)
+        if not path.exists():
             return None
-        if self.dir.exists() and not self.resumable:
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / DONE).unlink(missing_ok=True)
-        logging.info("stage %s: running in %s", self.name, self.dir)
+        try:
+            record = fsio.read_json(path, f"record of stage {self.name}")
+        except fsio.CorruptFile as e:
+            logging.warning("%s: the stage will run again", e)
+            return None
+        return record if isinstance(record, dict) else None
+
+    def done(self, target: dict[str, Any] | None = None) -> bool:
+        """Finished, its outputs intact, and (for a resumable stage) for the same target."""
+        record = self.record()
+        if record is None or (target is not None and record.get("target") != target):
+            return False
+        return _intact(record.get("files", {}), self.dir) and _intact(record.get("published", {}), None)
+
+    @property
+    def recorded_seconds(self) -> float:
+        record = self.record()
+        return float(record.get("seconds", 0.0)) if record else 0.0
+
+    def run(self, fn: Callable[[Path], Iterable[Path] | None], *, force: bool = False,
+            target: dict[str, Any] | None = None) -> bool:
+        """Runs `fn(stage_dir)` unless the stage is done; returns whether it ran. `fn` may return paths of
+        files it wrote outside its directory (the report's), which are then checked like its own."""
+        if not force and self.done(target):
+            self.state = "cached"
+            logging.info("stage %s: cached in %s (took %.1f s when it ran)", self.name, self.dir,
+                         self.recorded_seconds)
+            return False
+        in_place = self.resumable and not force and self.dir.is_dir()
+        work = self.dir if in_place else fsio.temp_sibling(self.dir)
+        logging.info("stage %s: %s in %s", self.name, "continuing" if in_place else "running", self.dir)
         start = time.perf_counter()
-        result = fn(self.dir)
-        self.seconds = time.perf_counter() - start
-        tmp = self.dir / (DONE + ".tmp")
-        tmp.write_text(json.dumps({"config": self.config, "target": self.target, "seconds": self.seconds}, indent=1, default=str))
-        tmp.replace(self.dir / DONE)
+        try:
+            if in_place:
+                (self.dir / DONE).unlink(missing_ok=True)
+            published = fn(work) or ()
+            self.seconds = time.perf_counter() - start
+            record = {"config": self.config, "target": target, "seconds": self.seconds,
+                      "files": _file_sizes(work),
+                      "published": {str(Path(p).resolve()): Path(p).stat().st_size for p in published}}
+            fsio.write_json(work / DONE, record)
+        except BaseException:
+            if not in_place:
+                shutil.rmtree(work, ignore_errors=True)  # our own temporary directory, never published
+            raise
+        if not in_place:
+            fsio.publish_dir(work, self.dir)
+        self.state = "resumed" if in_place else "ran"
         logging.info("stage %s: done in %.1f s", self.name, self.seconds)
-        return result
+        return True
+
+
+def remove_stale_temporaries(cache: Path) -> None:
+    """Temporary stage directories left by a killed run (the caller holds the run's lock, so no live
+    run owns them); they match only the names fsio.temp_sibling gives."""
+    if cache.is_dir():
+        for tmp in [*cache.glob(".*.tmp-*"), *cache.glob(".*.old-*")]:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,10 @@ class RunConfig:
     coarse_k: int = 8               # candidates per coarse position in the hierarchical prune
     margin: int = 1                 # extra fine positions searched around each coarse candidate
     n_panels: int = 6               # queries shown as panels and explained in the report
+    export_layers: str = "used"     # "used": the layers this run's matching and analyses read; "all"
+    match_layers: str | None = None  # a network compnn did not build: "global:NAME,coarse:NAME,fine:NAME"
+    decode2: str | None = None      # ... its layer for Table 1's Global-Decode2 row (default: fine)
+    kernel: int | None = None       # ... its fine patch size (default: read from the consuming conv)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,3 +30,8 @@ def load_data(d: Path, name: str, spec) -> Split:
     info = json.loads((d / f"{name}.json").read_text())
     return Split(np.load(d / f"{name}_inputs.npy"), np.load(d / f"{name}_targets.npy"), info["ids"],
                  info["meta"], spec)
+
+
+def count(d: Path, name: str) -> int:
+    """Images in a saved split, without loading it."""
+    return len(json.loads((d / f"{name}.json").read_text())["ids"])
