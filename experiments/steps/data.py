@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from compnn_py.data import Split, load_split
+from compnn_py.data import Split, has_split, load_split
 
 
 def default_query_split(spec, data_dir: Path | None) -> str:
-    if data_dir is not None and "test" in spec.splits and (data_dir / "test").is_dir():
+    """test when a real dataset has a non-empty test split (an empty test/ folder does not count), else val."""
+    if data_dir is not None and "test" in spec.splits and has_split(spec.name, "test", data_dir):
         return "test"
     return "val"
 
