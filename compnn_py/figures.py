@@ -199,16 +199,92 @@ def activation_figure(pred, channels: Sequence[int] = (0, 1, 2)) -> np.ndarray:
                   f"global relL2={e['global']['relative_l2']:.2f}"])
 
 
-def reconstruction_figure(rec, query, i: int, *, palette=None) -> np.ndarray:
-    """Fig. 10: global and compositional reconstructions of the input, the input and CNN output, then
-    global and compositional reconstructions of the output."""
-    return panel([rec.global_input.output, rec.compnn_input.output, np.asarray(query.images[i]),
-                  np.asarray(query.cnn_outputs[i]), rec.global_output.output, rec.compnn_output.output],
-                 ["global input", "CompNN input", "input", "CNN", "global output", "CompNN output"],
-                 palette=palette)
+def reconstruction_figure(rec, query, i: int, *, palette=None, scores=None) -> np.ndarray:
+    """Fig. 10, one row per side: the input, then its compositional and global reconstructions from
+    training inputs; below, the CNN output, then its compositional and global reconstructions from the
+    training targets. `scores` ({"input"|"output": {"compnn"|"global": text}}) is appended to the titles."""
+    scores = scores or {}
+
+    def title(side, method, name):
+        extra = scores.get(side, {}).get(method)
+        return f"{name} {extra}" if extra else name
+
+    return panel([np.asarray(query.images[i]), rec.compnn_input.output, rec.global_input.output,
+                  np.asarray(query.cnn_outputs[i]), rec.compnn_output.output, rec.global_output.output],
+                 ["input", title("input", "compnn", "CompNN"), title("input", "global", "global"),
+                  "CNN output", title("output", "compnn", "CompNN"), title("output", "global", "global")],
+                 palette=palette, ncols=3)
 
 
-def bias_figure(query, i: int, results: Mapping[str, object], *, palette=None) -> np.ndarray:
-    """Fig. 9: the query input, then its composition from each restricted database."""
-    pics = [np.asarray(query.images[i])] + [getattr(r, "output", r) for r in results.values()]
-    return panel(pics, ["input", *results], palette=palette)
+def bias_figure(query, i: int, results: Mapping[str, object], *, palette=None, changed=None,
+                cnn: bool = False) -> np.ndarray:
+    """Fig. 9: the query input, [its CNN output,] then its composition from each restricted database, and
+    (given a bool (H, W) `changed` mask) the pixels where the compositions differ, white."""
+    pics = [np.asarray(query.images[i])]
+    titles = ["input"]
+    if cnn:
+        pics.append(np.asarray(query.cnn_outputs[i]))
+        titles.append("CNN output")
+    pics += [getattr(r, "output", r) for r in results.values()]
+    titles += [f"from {name}" for name in results]
+    if changed is not None:
+        changed = np.asarray(changed, dtype=bool)
+        mask = np.where(changed[..., None], np.uint8(255), np.uint8(40)).repeat(3, -1)
+        pics.append(mask)
+        titles.append(f"changed {changed.mean():.0%}")
+    return panel(pics, titles, palette=palette)
+
+
+# ---- activation maps with a colour scale -------------------------------------------------------------
+
+# A perceptually ordered ramp (dark violet -> blue -> teal -> green -> yellow), anchors read off viridis.
+_RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+
+
+def heatmap(values, lo: float, hi: float) -> np.ndarray:
+    """A 2-D array as colours on the ramp: `lo` (and below) darkest, `hi` (and above) brightest."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-D array, got shape {v.shape}")
+    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(_RAMP) - 1)
+    j = np.minimum(t.astype(int), len(_RAMP) - 2)
+    f = (t - j)[..., None]
+    return ((1 - f) * _RAMP[j] + f * _RAMP[j + 1]).round().astype(np.uint8)
+
+
+def colour_scale(width: int, low: str, high: str, *, height: int = 14, pad: int = 4) -> np.ndarray:
+    """A horizontal strip of the heatmap ramp, `low` written under its left end and `high` under its right."""
+    bar = heatmap(np.tile(np.linspace(0, 1, max(width - 2 * pad, 2)), (height, 1)), 0.0, 1.0)
+    canvas = Image.new("RGB", (width, height + 2 * pad + 14), (255, 255, 255))
+    canvas.paste(Image.fromarray(bar), (pad, pad))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((pad, height + pad + 2), low, fill=(0, 0, 0), font=font)
+    tw = draw.textlength(high, font=font)
+    draw.text((width - pad - tw, height + pad + 2), high, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def strongest_channels(act, n: int) -> list[int]:
+    """The n channels of an (h, w, C) map that vary most over positions (the informative ones)."""
+    a = np.asarray(act, dtype=np.float64)
+    return sorted(np.argsort(-a.reshape(-1, a.shape[-1]).std(0), kind="stable")[:min(n, a.shape[-1])].tolist())
+
+
+def activation_heatmaps(pred, channels: Sequence[int] | None = None, *, n_channels: int = 4):
+    """Fig. 3 with a colour scale: for each channel (default: the `n_channels` that vary most in the CNN's
+    own map) a row of the CNN's map, the compositional and the global prediction, and the compositional
+    prediction's absolute error, all on the ramp from that channel's minimum to its maximum in the CNN's
+    map. Returns (figure, channels)."""
+    actual = np.asarray(pred.actual, dtype=np.float64)
+    channels = strongest_channels(actual, n_channels) if channels is None else list(channels)
+    comp, glob = (np.asarray(a, dtype=np.float64) for a in (pred.compositional.output, pred.global_.output))
+    pics, titles = [], []
+    for c in channels:
+        lo, hi = float(actual[..., c].min()), float(actual[..., c].max())
+        pics += [heatmap(actual[..., c], lo, hi), heatmap(comp[..., c], lo, hi), heatmap(glob[..., c], lo, hi),
+                 heatmap(np.abs(comp[..., c] - actual[..., c]), 0.0, hi - lo)]
+        titles += [f"ch {c} CNN", "CompNN", "global", "|CompNN-CNN|"]
+    grid = panel(pics, titles, ncols=4)
+    scale = colour_scale(grid.shape[1], "channel min (error 0)", "channel max (error = range)")
+    return np.concatenate([grid, scale], 0), channels

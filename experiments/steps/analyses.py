@@ -1,26 +1,37 @@
 """The analyses stage: the paper's figures beyond Table 1 (reconstruction, correspondence, bias
-modification, activation prediction, layer sweep) for the first query images."""
+modification, activation prediction, layer sweep) for the first query images.
+
+The work for one query image is `analyse_query`, a top-level function of plain arguments that writes its
+figures into the stage directory and returns its numbers, so that it can run anywhere (a process pool,
+a Dask worker); `run_analyses` loops over the queries and writes `analyses.json`:
+{"matching", "shortlist", "n_train", "bias_databases": {name: n_images}, "queries": [analyse_query()...]}.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from compnn_py import compose, figures
+from compnn_py import compose, figures, metrics
+from compnn_py.fsio import write_json
 from compnn_py.store import ActivationStore
 from experiments.steps.compnn import match_kwargs
 from experiments.steps.export import open_stores
 
+N_QUERIES = 3                   # query images analysed
+BIAS_KEYS = ("city", "style", "sequence")   # per-image metadata a database is split by, first usable wins
+IMAGE_CHANGE = 25               # an RGB output pixel "changes" when a channel moves by more than this
 
-def _bias_databases(db: ActivationStore) -> dict[str, np.ndarray]:
-    """Two restricted databases that differ in style: by a per-image metadata key when the data has one
-    (CamVid sequence, synthetic facade style), else the two halves of the training set."""
+
+def bias_databases(db: ActivationStore) -> dict[str, np.ndarray]:
+    """Two restricted databases that differ in a meaningful attribute: the two most common values of the
+    first per-image metadata key in BIAS_KEYS that has two (synthetic street scenes: city; synthetic
+    facades: style; CamVid: sequence), else the two halves of the training set."""
     meta = db.image_meta
-    for key in ("sequence", "style", "city"):
+    for key in BIAS_KEYS:
         values = sorted({m[key] for m in meta if key in m})
         if len(values) >= 2:
             counts = {v: sum(1 for m in meta if m.get(key) == v) for v in values}
@@ -29,6 +40,14 @@ def _bias_databases(db: ActivationStore) -> dict[str, np.ndarray]:
                     f"{key}={b}": db.rows_where(lambda m, _i, b=b: m.get(key) == b)}
     half = len(db) // 2
     return {"first half": np.arange(half, dtype=np.int32), "second half": np.arange(half, len(db), dtype=np.int32)}
+
+
+def analysis_method(match_method: str) -> str:
+    """The matcher the analyses use for --match_method: that matcher itself, and the hierarchical prune
+    for "both"."""
+    if match_method not in ("exact", "shortlist", "hierarchical", "both"):
+        raise ValueError(f"match_method must be exact, shortlist, hierarchical or both, got {match_method!r}")
+    return "hierarchical" if match_method == "both" else match_method
 
 
 def _sweep_layers(db) -> list[str]:
@@ -41,52 +60,139 @@ def _activation_pair(db) -> tuple[str, str] | None:
     return tuple(pair) if pair and all(n in db.layer_names for n in pair) else None
 
 
-def run_analyses(d: Path, cfg, spec, export_dir: Path, threads) -> None:
+def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """bool (H, W): where two outputs differ — another class for label maps; for RGB, a channel moved by
+    more than IMAGE_CHANGE."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 2:
+        return a != b
+    return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > IMAGE_CHANGE).any(-1)
+
+
+def _agreement(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """How close an output is to a reference: pixel agreement for label maps, PSNR/SSIM for images."""
+    if np.asarray(ref).ndim == 2:
+        return {"pixel_agreement": float((np.asarray(pred) == np.asarray(ref)).mean())}
+    return {"psnr": metrics.psnr(pred, ref), "ssim": metrics.ssim(pred, ref)}
+
+
+def _short(score: dict[str, float]) -> str:
+    if "pixel_agreement" in score:
+        return f"{score['pixel_agreement']:.0%}"
+    return f"{score['psnr']:.1f}dB" if np.isfinite(score["psnr"]) else "identical"
+
+
+def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchical", threads=None) -> dict:
+    """Every analysis of query image i: writes `<kind>_<i>.png` figures into `out_dir` and returns
+    {"index", "query_id", "meta", "figures": [{"kind", "file", "caption"}], "reconstruction",
+    "correspondence", "bias", "activation_prediction", "layer_sweep"} (plain JSON-able values)."""
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
     db, query = open_stores(export_dir)
     ms = db.metadata["match_spec"]
-    palette = np.asarray(db.metadata["palette"], dtype=np.uint8) if spec.num_classes else None
-    method = "hierarchical" if len(db) > 4 * cfg.shortlist else "exact"
+    palette = figures.palette_of(db) if db.label_kind == "labels" or db.metadata.get("num_classes") else None
     kw = match_kwargs(cfg, ms, method, threads)
-    n = min(len(query), 3)
-    results: dict[str, Any] = {"matching": method, "figures": []}
+    if "shortlist" in kw:
+        kw["shortlist"] = min(cfg.shortlist, len(db))
+    qid = query.image_ids[i]
+    res: dict[str, Any] = {"index": int(i), "query_id": qid, "meta": query.image_meta[i], "figures": []}
 
-    def save(name, img, caption):
-        figures.save_png(d / f"{name}.png", img)
-        results["figures"].append([caption, f"{name}.png"])
+    def save(kind, img, caption):
+        name = f"{kind}_{i}.png"
+        figures.save_png(out_dir / name, img)
+        res["figures"].append({"kind": kind, "file": name, "caption": caption})
 
-    bias = _bias_databases(db)
-    for i in tqdm(range(n), desc="analyses", unit="img"):
-        qid = query.image_ids[i]
-        rec = compose.reconstruction(db, query, i, layer=ms["fine"], global_nn_layer=ms["global"], **kw)
-        save(f"reconstruction_{i}", figures.reconstruction_figure(rec, query, i, palette=palette),
-             f"Reconstruction (Fig. 10) of {qid}: global vs compositional, of the input and of the output.")
-        comp = compose.compnn(db, query, i, layer=ms["fine"], target="cnn_outputs", **kw)
-        corr = compose.correspondence(comp, db, top=3)
-        save(f"correspondence_{i}", figures.correspondence_figure(corr, db, comp.output, palette=palette),
-             f"Correspondence map (Fig. 11) of {qid}: each output pixel coloured by its source training image, "
-             f"and the regions copied from the three most-used ones ({len(corr.rows)} sources in all).")
-        bias_kw = dict(kw)
-        if method == "hierarchical":
-            bias_kw["shortlist"] = min(cfg.shortlist, min(len(r) for r in bias.values()))
-        outs = compose.bias_modification(db, query, i, bias, layer=ms["fine"], **bias_kw)
-        save(f"bias_{i}", figures.bias_figure(query, i, outs, palette=palette),
-             f"Bias modification (Fig. 9) of {qid}: the same query composed from restricted databases "
-             f"({', '.join(f'{k}: {len(v)} images' for k, v in bias.items())}).")
+    # Reconstruction (Fig. 10): one set of fine-layer matches copies training inputs and training targets.
+    rec = compose.reconstruction(db, query, i, layer=ms["fine"], global_nn_layer=ms["global"], **kw)
+    image, cnn = np.asarray(query.images[i]), np.asarray(query.cnn_outputs[i])
+    scores = {"input": {"compnn": _agreement(rec.compnn_input.output, image),
+                        "global": _agreement(rec.global_input.output, image)},
+              "output": {"compnn": _agreement(rec.compnn_output.output, cnn),
+                         "global": _agreement(rec.global_output.output, cnn)}}
+    res["reconstruction"] = scores
+    fmt = {side: {m: _short(v) for m, v in d.items()} for side, d in scores.items()}
+    out_measure = "pixels agreeing with the CNN output" if cnn.ndim == 2 else "PSNR against the CNN output"
+    save("reconstruction", figures.reconstruction_figure(rec, query, i, palette=palette, scores=fmt),
+         f"Reconstruction (Fig. 10) of query {qid}. Top: the input, rebuilt by copying training-input pixels "
+         f"compositionally (CompNN, PSNR {fmt['input']['compnn']}) and from the one globally nearest training "
+         f"image (global, {fmt['input']['global']}). Bottom: the CNN output and the same two copies taken from "
+         f"the training targets ({out_measure}: CompNN {fmt['output']['compnn']}, global "
+         f"{fmt['output']['global']}).")
+
+    # Correspondence map (Fig. 11).
+    comp = compose.compnn(db, query, i, layer=ms["fine"], target="cnn_outputs", **kw)
+    corr = compose.correspondence(comp, db, top=3)
+    res["correspondence"] = {"n_sources": int(len(corr.rows)), "matching": method,
+                             "top": [{"image_id": iid, "pixels": int(c)} for iid, c in zip(corr.image_ids[:3],
+                                                                                          corr.counts[:3])]}
+    cap = (f"with {method} matching only the {kw['shortlist']} training images the bottleneck "
+           f"shortlist keeps can be sources" if "shortlist" in kw
+           else f"with exact search any of the {len(db)} training images can be a source")
+    save("correspondence", figures.correspondence_figure(corr, db, comp.output, palette=palette),
+         f"Correspondence map (Fig. 11) of query {qid}: each CompNN output pixel coloured by the training image "
+         f"it was copied from, then the three most-used training images with the copied region marked in "
+         f"that colour (grey: the rest). {len(corr.rows)} training images contribute; {cap}.")
+
+    # Bias modification (Fig. 9): the same query composed from two databases that differ in an attribute.
+    bias = bias_databases(db)
+    bias_kw = dict(kw)
+    if "shortlist" in kw:
+        bias_kw["shortlist"] = min(kw["shortlist"], min(len(r) for r in bias.values()))
+    outs = compose.bias_modification(db, query, i, bias, layer=ms["fine"], **bias_kw)
+    (na, oa), (nb, ob) = list(outs.items())[:2]
+    changed = changed_pixels(oa.output, ob.output)
+    res["bias"] = {"databases": {k: int(len(v)) for k, v in bias.items()},
+                   "changed_fraction": float(changed.mean()),
+                   "agreement_with_cnn": {k: _agreement(o.output, cnn) for k, o in outs.items()}}
+    what = "pixels whose class differs" if changed.ndim == 2 and cnn.ndim == 2 else \
+        f"pixels whose colour moves by more than {IMAGE_CHANGE}/255 in a channel"
+    own = ", ".join(f"{k}={v}" for k, v in query.image_meta[i].items()) or "no attribute"
+    save("bias", figures.bias_figure(query, i, outs, palette=palette, changed=changed, cnn=True),
+         f"Bias modification (Fig. 9) of query {qid} ({own}): the same input composed from two restricted "
+         f"databases, {na} ({len(bias[na])} training images) and {nb} ({len(bias[nb])}). "
+         f"{changed.mean():.1%} of output pixels change between them ({what}; white in the last panel).")
+
+    # Activation prediction (Fig. 3).
     pair = _activation_pair(db)
     if pair is not None:
-        pred = compose.predict_activations(db, query, 0, source_layer=pair[0], target_layer=pair[1],
+        pred = compose.predict_activations(db, query, i, source_layer=pair[0], target_layer=pair[1],
                                            method="exact", threads=threads)
-        results["activation_prediction"] = {"source": pair[0], "target": pair[1], **pred.errors}
-        save("activation_prediction", figures.activation_figure(pred),
-             f"Activation prediction (Fig. 3): {pair[1]} of {query.image_ids[0]} predicted by matching {pair[0]} "
-             f"neighbourhoods (3 channels as RGB). Relative L2 error: compositional "
-             f"{pred.errors['compositional']['relative_l2']:.3f}, global {pred.errors['global']['relative_l2']:.3f}.")
+        fig, channels = figures.activation_heatmaps(pred)
+        res["activation_prediction"] = {"source": pair[0], "target": pair[1], "channels": channels,
+                                        **pred.errors}
+        e = pred.errors
+        save("activation", fig,
+             f"Activation prediction (Fig. 3) of query {qid}: the CNN's {pair[1]} map predicted without running "
+             f"that layer, by matching {pair[0]} neighbourhoods against the training set (exact search) and "
+             f"copying the matched training positions' {pair[1]} vectors (CompNN), or the whole map of the "
+             f"globally nearest training image (global). Rows: the {len(channels)} channels that vary most; "
+             f"colours run from each channel's minimum to its maximum in the CNN's map (scale below). "
+             f"Over all channels, relative L2 error: CompNN {e['compositional']['relative_l2']:.3f}, global "
+             f"{e['global']['relative_l2']:.3f}; cosine: {e['compositional']['cosine']:.3f} vs "
+             f"{e['global']['cosine']:.3f}.")
+
+    # Layer sweep (Fig. 4), exact search so the number of sources is not capped by a shortlist.
     layers = _sweep_layers(db)
     if layers:
-        steps = compose.layer_sweep(db, query, 0, layers=layers, target="cnn_outputs", method="exact",
+        steps = compose.layer_sweep(db, query, i, layers=layers, target="cnn_outputs", method="exact",
                                     threads=threads)
-        results["layer_sweep"] = {s.layer: s.stats for s in steps}
+        res["layer_sweep"] = {s.layer: s.stats for s in steps}
         save("layer_sweep", figures.sweep_figure(steps, palette=palette),
-             "Layer sweep (Fig. 4): CompNN at each decoder layer from the bottleneck to the last; the second "
-             "row colours pixels by source image, showing composition grow with later layers.")
-    (d / "analyses.json").write_text(json.dumps(results, indent=1, default=float))
+             f"Layer sweep (Fig. 4) of query {qid}: CompNN matching at each decoder layer, bottleneck first. Top: "
+             f"the output; bottom: pixels coloured by source training image; n = training images used. "
+             f"Exact search over all {len(db)} training images, so n here can exceed the correspondence "
+             f"map's count when that one uses the shortlist.")
+    return res
+
+
+def run_analyses(d: Path, cfg, spec, export_dir: Path, threads, *, match_method: str = "hierarchical",
+                 engine=None) -> None:
+    """Analyse the first N_QUERIES query images (figures + analyses.json in `d`)."""
+    db, query = open_stores(export_dir)
+    method = analysis_method(match_method)
+    n = min(len(query), N_QUERIES)
+    queries = [analyse_query(export_dir, cfg, i, out_dir=d, method=method, threads=threads)
+               for i in tqdm(range(n), desc="analyses", unit="img")]
+    write_json(d / "analyses.json", {
+        "matching": method, "shortlist": min(cfg.shortlist, len(db)) if method != "exact" else None,
+        "n_train": len(db), "bias_databases": {k: int(len(v)) for k, v in bias_databases(db).items()},
+        "queries": queries})

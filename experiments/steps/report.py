@@ -1,67 +1,443 @@
-"""The report stage: table1.csv/md, metrics.json, panels, figures and report.html in the run directory."""
+"""The report stage: table1.csv/md, metrics.json, panels/ and figures/ PNGs, and the self-contained
+report.html in the run directory.
+
+metrics.json is the compnn stage's summary with per-class IoU keyed by class name, plus the analyses'
+numbers, the stage timings and whether the data was synthetic. report.html explains every number it
+shows (what the rows and columns of Table 1 mean, the paper's own numbers beside ours where the paper
+has them, what the matcher comparison measures) and embeds every picture, so it can be read alone.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from compnn_py import figures
-from experiments import report_page
+from compnn_py.fsio import write_json
+from experiments import paper_numbers, report_page
+from experiments.report_page import Raw, esc
 from experiments.steps.export import open_stores
 
+COLUMN_NAMES = {
+    "pixel_acc": "Global pixel accuracy", "mean_class_acc": "Mean class accuracy", "mean_iou": "Mean IoU",
+    "agree_pixel_acc": "Pixels agreeing with CNN", "agree_mean_class_acc": "Mean class agreement with CNN",
+    "agree_mean_iou": "Mean IoU against CNN",
+    "psnr_vs_gt": "PSNR vs ground truth (dB)", "ssim_vs_gt": "SSIM vs ground truth",
+    "psnr_vs_cnn": "PSNR vs CNN output (dB)", "ssim_vs_cnn": "SSIM vs CNN output",
+}
+SHORT_ROWS = {"Baseline CNN": "CNN", "CompNN (SS)": "CompNN SS", "CompNN (O)": "CompNN O",
+              "Global Bottleneck NN (SS)": "Bottleneck SS", "Global Bottleneck NN (O)": "Bottleneck O",
+              "Global Decode2 NN (SS)": "Decode2 SS", "Global Decode2 NN (O)": "Decode2 O"}
+
+_GLOSSARY_ROWS = [
+    ("Baseline CNN", "the trained network's own prediction."),
+    ("CompNN", "compositional nearest neighbours: every position of the query's fine-layer feature map is "
+               "matched (cosine similarity of its k×k neighbourhood of activations) to the most similar "
+               "position of any training image, and the pixel block under that training position is copied. "
+               "The output is a collage of training pieces."),
+    ("Global Bottleneck NN / Global Decode2 NN", "the whole output of the one training image whose entire "
+                                                 "feature map (the bottleneck, or the decoder's second-to-last "
+                                                 "layer, Decode2) is most similar to the query's: explanation "
+                                                 "by one example instead of a collage."),
+    ("(SS) and (O)", "what is copied from the matched training image: SS (self-supervised) copies the CNN's "
+                     "own output on that training image, O copies its original ground-truth label. The "
+                     "matches are the same; only the copied target differs."),
+]
+_GLOSSARY_COLS = {
+    "pixel_acc": "correctly labelled pixels / all labelled pixels, pooled over the query images (so large "
+                 "classes such as road and sky dominate). Void pixels of the ground truth are not scored.",
+    "mean_class_acc": "per class, the fraction of its ground-truth pixels labelled right, averaged over the "
+                      "classes present (every class weighs the same).",
+    "mean_iou": "per class, intersection over union of predicted and true pixels, averaged over classes.",
+    "agree_": "the same three scores with the CNN's output in place of the ground truth: how faithfully an "
+              "approach reproduces (explains) the network, right or wrong. The CNN's own row is 1 by definition.",
+    "psnr": "peak signal-to-noise ratio in dB (higher: closer), mean over the query images.",
+    "ssim": "structural similarity, 1 = identical, mean over the query images.",
+}
+
+
+def _column_name(c: str) -> str:
+    return COLUMN_NAMES.get(c, c.replace("_", " "))
+
+
+def _per_class_named(summary: dict, class_names) -> None:
+    """per_class_iou {row: [values]} -> {row: {class name: value}} (in place) when the names fit."""
+    pc = summary.get("per_class_iou")
+    if not pc:
+        return
+    for row, vals in list(pc.items()):
+        if isinstance(vals, list) and len(vals) == len(class_names):
+            pc[row] = {name: v for name, v in zip(class_names, vals)}
+
+
+def _read_json(path: Path | None) -> Any:
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _flat(obj, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as (dotted key, value) rows; long lists summarised by their length."""
+    if isinstance(obj, dict):
+        return [row for k, v in obj.items() for row in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, list):
+        return [(prefix, f"[{len(obj)} values]" if len(obj) > 8 else ", ".join(map(str, obj)))]
+    return [(prefix, obj)]
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{v:.1%}"
+
+
+# ---- sections -------------------------------------------------------------------------------------
+
+def _legend_section(spec, is_labels_out: bool) -> str:
+    if not spec.num_classes:
+        return ("<p>This task's outputs are images (maps rendered from aerial photos), not class labels, so "
+                "there are no class colours.</p>")
+    where = ("Label maps on this page (ground truth, CNN and CompNN outputs) use these colours"
+             if is_labels_out else "The input label maps use these colours (the outputs are photos)")
+    return (f"<p>{where}. Black is void: pixels without a class, not scored.</p>"
+            + report_page.legend(spec.class_names, spec.palette, void_colour=figures.VOID_COLOUR))
+
+
+def _table1_section(cfg, spec, summary: dict) -> str:
+    t = summary["table1"]
+    rows = list(t)
+    cols = list(next(iter(t.values())))
+    vs_cnn = [c for c in cols if c.startswith("agree_") or c.endswith("_vs_cnn")]
+    vs_gt = [c for c in cols if c not in vs_cnn]
+    paper = paper_numbers.table1(cfg.task)
+    header = ["Approach", *map(_column_name, vs_gt)]
+    classes = ["", *[""] * len(vs_gt)]
+    if paper:
+        header += [Raw(f"Paper: {esc(paper_numbers.PAPER_ACCURACY)}"), Raw(f"Paper: {esc(paper_numbers.PAPER_IOU)}")]
+        classes += ["paper", "paper"]
+    body = []
+    for r in rows:
+        line = [r, *(t[r][c] for c in vs_gt)]
+        if paper:
+            line += list(paper.get(r, (None, None)))
+        body.append(line)
+    n_q, method = summary.get("n_query"), summary.get("table1_matching")
+    html = [f"<p>Scores over the {n_q} query images of this run; CompNN rows use {esc(str(method))} matching "
+            f"(see <a href='#matching'>matching</a>). CompNN explains the network well when its rows come "
+            f"close to the Baseline CNN row, and better than global matching when they beat the Global rows.</p>",
+            "<h3>Against the ground truth</h3>", report_page.table(header, body, classes=classes, table_id="table1")]
+    if paper:
+        html.append(f"<p class='note'>Shaded columns: {esc(paper_numbers.PAPER)}, for the same task with the "
+                    f"paper's networks on the full real dataset. The paper calls its accuracy “mean pixel "
+                    f"accuracy” without defining it further; compare it with our global pixel accuracy and mean "
+                    f"class accuracy with that in mind. Our numbers come from this run's data, model size and "
+                    f"training length, so only the ordering of the rows is expected to match.</p>")
+    else:
+        html.append("<p class='note'>The paper reports no Table 1 numbers for this task (it reports "
+                    "segmentation scores only for CityScapes, CamVid and Facades-to-labels).</p>")
+    if vs_cnn:
+        html += ["<h3>Against the CNN's own output</h3>",
+                 report_page.table(["Approach", *map(_column_name, vs_cnn)], [[r, *(t[r][c] for c in vs_cnn)]
+                                                                              for r in rows])]
+    gl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _GLOSSARY_ROWS)
+    for c in vs_gt + (vs_cnn[:1] if vs_cnn else []):
+        key = next((k for k in _GLOSSARY_COLS if c == k or c.startswith(k)), None)
+        if key:
+            name = "agreement with the CNN (the second table)" if key == "agree_" else _column_name(c)
+            gl += f"<dt>{esc(name)}</dt><dd>{esc(_GLOSSARY_COLS[key])}</dd>"
+    html.append(f"<h3>What the rows and columns mean</h3><dl class='gl'>{gl}</dl>")
+    pc = summary.get("per_class_iou")
+    if pc and all(isinstance(v, dict) for v in pc.values()):
+        names = list(next(iter(pc.values())))
+        colour = dict(zip(spec.class_names, np.asarray(spec.palette).reshape(-1, 3)))
+        head = ["Class", *(SHORT_ROWS.get(r, r) for r in pc)]
+        body = [[Raw(report_page.swatch(colour[n]) + " " + esc(n)) if n in colour else n,
+                 *(pc[r][n] for r in pc)] for n in names]
+        html.append("<h3>Per-class IoU against the ground truth</h3><p class='note'>A dash: the class is in "
+                    "neither the ground truth nor the prediction of these query images.</p>"
+                    + report_page.table(head, body, digits=2))
+    return "".join(html)
+
+
+_MATCHERS = {
+    "exact": "exact search: every query position against every position of all {n} training images",
+    "shortlist": "shortlist: the S = {s} training images whose bottleneck features are most similar to the "
+                 "query's, then exact search within those",
+    "hierarchical": "hierarchical prune (the paper's): the same shortlist, then {k} candidates per position of a "
+                    "coarser layer, then the fine layer searched only around those (±{m} positions)",
+}
+
+
+def _matching_section(summary: dict) -> str:
+    m = summary.get("matcher", {})
+    fmt = dict(n=summary["n_train"], s=m.get("shortlist"), k=m.get("coarse_k"), m=m.get("margin"))
+    html = [f"<p>CompNN matches {summary['kernel']}×{summary['kernel']} neighbourhoods of the layer "
+            f"<code>{esc(summary['fine_layer'])}</code> ({'×'.join(map(str, summary['fine_shape']))}: positions "
+            f"× channels); each match copies a {summary['stride']}×{summary['stride']} pixel block. Matchers:</p>"
+            "<ul>" + "".join(f"<li>{esc(v.format(**fmt))}</li>" for v in _MATCHERS.values()) + "</ul>"]
+    main = summary.get("table1_matching")
+    why = m.get("why")
+    html.append(f"<p>Table 1 and the query panels use <b>{esc(str(main))}</b> matching"
+                + (f" ({esc(why)})" if why and why != "--match_method" else "") + ".</p>")
+    spi = summary.get("seconds_per_image", {})
+    if spi:
+        html.append("<p>Seconds per query image: " + ", ".join(f"{esc(k)} {v:.3f}" for k, v in spi.items())
+                    + ".</p>")
+    html.append(_agreement_html(summary))
+    return "".join(html)
+
+
+_AGREE_COLUMNS = [("same_match", "Same best match (image and position)"),
+                  ("same_source_image", "Same training image"),
+                  ("same_label", "Same copied output pixel")]
+_SCOPES = {
+    ("hierarchical_vs_exact", "within_shortlist"): ("hierarchical prune", "exact search within the shortlist",
+                                                    "what the prune loses by searching only around coarse "
+                                                    "candidates"),
+    ("hierarchical_vs_exact", "over_all"): ("hierarchical prune", "exact search over all images",
+                                            "what shortlist and prune lose together"),
+    ("shortlist_vs_exact", "over_all"): ("exact search within the shortlist", "exact search over all images",
+                                         "what the shortlist alone loses"),
+}
+
+
+def _agreement_html(summary: dict) -> str:
+    """How often the fast matchers find what exact search finds, from whatever the compnn stage recorded:
+    {"hierarchical_vs_exact": {"within_shortlist"|"over_all": {same_*, n_queries}}, "shortlist_vs_exact":
+    ...}, or (older runs) flat {"same_match", "same_output_pixel"} fractions."""
+    rows = []
+    for group in ("hierarchical_vs_exact", "shortlist_vs_exact"):
+        g = summary.get(group)
+        if not isinstance(g, dict):
+            continue
+        scopes = {k: v for k, v in g.items() if isinstance(v, dict)}
+        if not scopes and g:  # flat, one comparison over all positions
+            scopes = {"over_all": {"same_match": g.get("same_match"), "same_label": g.get("same_output_pixel")}}
+        for scope, vals in scopes.items():
+            fast, ref, what = _SCOPES.get((group, scope), (group, scope, ""))
+            n = vals.get("n_queries")
+            rows.append([Raw(f"{esc(fast)} vs {esc(ref)}<br><span class='note'>{esc(what)}"
+                             + (f"; {n} queries" if n else "") + "</span>"),
+                         *(_pct(vals.get(k)) if vals.get(k) is not None else "–" for k, _ in _AGREE_COLUMNS)])
+    if not rows:
+        return ("<p class='note'>No comparison with exact search was run (see --match_method and "
+                "--exact_queries).</p>")
+    return ("<p>How often a fast matcher finds what exact search finds, per fine-layer position (matches) or "
+            "per output pixel (copied output). The match itself often differs while the copied output does "
+            "not: many training positions carry the same label, and a different but nearly as similar patch "
+            "usually copies the same thing. Table 1 shows the effect on accuracy.</p>"
+            + report_page.table(["Comparison", *(t for _, t in _AGREE_COLUMNS)], rows, table_id="agreement"))
+
+
+def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[tuple[str, str, str]]:
+    qs = analyses.get("queries", [])
+    by_kind: dict[str, list] = {}
+    for q in qs:
+        for f in q["figures"]:
+            by_kind.setdefault(f["kind"], []).append((q, f))
+
+    def figs(kind):
+        return "".join(report_page.figure(fig_uri[f["file"]], f["caption"], fig_id=f"fig-{f['file'][:-4]}")
+                       for _, f in by_kind.get(kind, []))
+
+    method = analyses.get("matching")
+    how = (f"{method} matching (shortlist S = {analyses.get('shortlist')})" if method != "exact"
+           else "exact search")
+    out = []
+    if "reconstruction" in by_kind:
+        out.append(("reconstruction", "Reconstruction (Fig. 10)",
+                    f"<p>The same fine-layer matches ({esc(how)}) used to copy training <i>inputs</i> instead of "
+                    f"outputs: if the features keep enough about the input, the collage looks like the query "
+                    f"photo. Titles give PSNR against the input (top) and "
+                    f"{'the fraction of pixels agreeing with' if is_labels else 'PSNR against'} the CNN output "
+                    f"(bottom).</p>" + figs("reconstruction")))
+    if "correspondence" in by_kind:
+        out.append(("correspondence", "Correspondence map (Fig. 11)",
+                    f"<p>Which training images each CompNN output is built from ({esc(how)}).</p>"
+                    + figs("correspondence")))
+    if "bias" in by_kind:
+        dbs = analyses.get("bias_databases", {})
+        key = next(iter(dbs), "")
+        attr = key.split("=")[0] if "=" in key else None
+        expl = ""
+        if attr == "city":
+            from compnn_py.data.synthetic.street import CITY_NAMES
+            expl = (" The built-in street scenes come from two cities: " + "; ".join(
+                f"{c} ({n})" for c, n in CITY_NAMES.items()) + " — they differ in buildings, vegetation, "
+                "fences and road markings, so a database of one city lacks pieces the other city's images need.")
+        elif attr:
+            expl = f" The split is by the training images' <code>{esc(attr)}</code> attribute."
+        else:
+            expl = " These training images carry no attribute to split by, so the database is split in halves."
+        rows = [[q["query_id"], ", ".join(f"{k}={v}" for k, v in q.get("meta", {}).items()) or "–",
+                 _pct(q["bias"]["changed_fraction"]),
+                 *(_pct(a.get("pixel_agreement")) if "pixel_agreement" in a else f"{a['psnr']:.1f} dB"
+                   for a in q["bias"]["agreement_with_cnn"].values())]
+                for q in qs if "bias" in q]
+        agree = "pixels agreeing with the CNN" if is_labels else "PSNR vs CNN"
+        head = ["Query", "Its attribute", "Output pixels changed", *(f"{agree}, from {k}" for k in dbs)]
+        out.append(("bias", "Bias modification (Fig. 9)",
+                    f"<p>CompNN's output depends on the database it copies from. Restricting the database to "
+                    f"training images with one attribute value changes what the same query is composed of: "
+                    f"{', '.join(f'{esc(k)} ({v} images)' for k, v in dbs.items())}.{expl}</p>"
+                    + report_page.table(head, rows) + figs("bias")))
+    if "activation" in by_kind:
+        rows = []
+        for q in qs:
+            a = q.get("activation_prediction")
+            if a:
+                rows.append([q["query_id"], a["compositional"]["relative_l2"], a["global"]["relative_l2"],
+                             a["compositional"]["cosine"], a["global"]["cosine"],
+                             a["compositional"]["mean_position_cosine"], a["global"]["mean_position_cosine"]])
+        head = ["Query", "Rel. L2 error CompNN", "Rel. L2 error global", "Cosine CompNN", "Cosine global",
+                "Per-position cosine CompNN", "Per-position cosine global"]
+        out.append(("activation", "Activation prediction (Fig. 3)",
+                    "<p>Can an internal layer be predicted by copying training activations? Relative L2 error = "
+                    "‖prediction − CNN‖ / ‖CNN‖ over the whole map (0 is perfect); cosine over the whole map "
+                    "flattened, and averaged per position (1 is perfect).</p>"
+                    + report_page.table(head, rows) + figs("activation")))
+    if "layer_sweep" in by_kind:
+        layers = list(next((q["layer_sweep"] for q in qs if q.get("layer_sweep")), {}))
+        ticks = [(j + 1, str(j + 1)) for j in range(len(layers))]
+        charts = []
+        for stat, title, log in (("n_sources", "training images used", False),
+                                 ("n_pieces", "pieces (rigidly copied regions)", False),
+                                 ("mean_piece_area", "mean piece area (pixels)", True)):
+            series = {f"query {q['query_id']}": [(j + 1, q["layer_sweep"][l][stat]) for j, l in enumerate(layers)]
+                      for q in qs if q.get("layer_sweep")}
+            charts.append(report_page.line_chart(title, series, x_ticks=ticks, x_label="layer (see list)",
+                                                 log_y=log))
+        names = ", ".join(f"{j + 1} = <code>{esc(l)}</code>" for j, l in enumerate(layers))
+        out.append(("sweep", "Layer sweep (Fig. 4)",
+                    f"<p>CompNN matching at each decoder layer, from the bottleneck (1) to the last ({len(layers)}), "
+                    f"by exact search over all {analyses.get('n_train')} training images. Later layers have "
+                    f"finer grids, so outputs are composed of more, smaller pieces. Layers: {names}.</p>"
+                    f"<div class='charts'>{''.join(charts)}</div>" + figs("layer_sweep")))
+    return out
+
+
+def _training_section(train_dir) -> str:
+    hist = _read_json(Path(train_dir) / "history.json") if train_dir else None
+    if not hist:
+        return ("<p>No training history: the model was loaded from a checkpoint given with --checkpoint, or the "
+                "train stage did not record one.</p>")
+    charts, single = [], []
+    for split in ("train", "val"):
+        entries = [e for e in hist.get(split, []) if isinstance(e, dict) and "step" in e]
+        keys = [k for k in (entries[0] if entries else {}) if k not in ("step", "steps_per_sec")]
+        for k in keys:
+            s = {k: [(e["step"], e.get(k)) for e in entries if isinstance(e.get(k), (int, float))]}
+            if len(s[k]) >= 2:
+                charts.append(report_page.line_chart(f"{split}: {k}", s, x_label="step"))
+            elif s[k]:
+                single.append([split, k, s[k][0][0], float(s[k][0][1])])
+    charts = [c for c in charts if c]
+    if not charts and not single:
+        return "<p>The training history holds no logged values.</p>"
+    last = hist.get("train", [{}])[-1] if hist.get("train") else {}
+    html = (f"<p>Values logged during training (losses are means over each logging interval), up to step "
+            f"{last.get('step', '?')}.</p><div class='charts'>{''.join(charts)}</div>")
+    if single:
+        html += ("<p class='note'>Logged only once (no curve to draw):</p>"
+                 + report_page.table(["Split", "Value", "Step", ""], single, digits=4))
+    return html
+
+
+def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:
+    html = []
+    conf = _read_json(out_dir / "config.json")
+    src = "config.json in the run directory" if conf else "the run configuration"
+    conf = conf if conf else cfg.as_dict()
+    html.append(f"<h3>Configuration</h3><p class='note'>From {src}.</p>"
+                + report_page.table(["Setting", "Value"], [[k, v if not isinstance(v, float) else repr(v)]
+                                                           for k, v in _flat(conf)]))
+    exp = _read_json(export_dir / "export.json")
+    if exp:
+        per = {k: v for k, v in _flat(exp) if "bytes_per_image" in k and isinstance(v, (int, float))}
+        text = "".join(f"<p><b>{esc(k)}</b>: {v / 1024:.1f} KiB ({int(v):,} bytes) on disk per image.</p>"
+                       for k, v in per.items())
+        html.append("<h3>Export size</h3>" + text + report_page.table(["export.json", "Value"], _flat(exp)))
+    html.append("<h3>Stage timings</h3>" + report_page.table(
+        ["Stage", "Seconds (when it ran)"], [(s, float(t)) for s, t in timings], digits=1))
+    return "".join(html)
+
+
+# ---- the stage ------------------------------------------------------------------------------------
 
 def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path, compnn_dir: Path,
-                  analyses_dir: Path, timings) -> None:
+                  analyses_dir: Path, timings, *, train_dir: Path | None = None) -> None:
+    out_dir, export_dir = Path(out_dir), Path(export_dir)
     db, query = open_stores(export_dir)
-    palette = np.asarray(db.metadata["palette"], dtype=np.uint8) if spec.num_classes else None
+    palette = figures.palette_of(db) if spec.num_classes else None
+    is_labels = np.asarray(query.cnn_outputs[:1]).ndim == 3   # (1, H, W) ids, not (1, H, W, 3) RGB
     summary = json.loads((compnn_dir / "metrics.json").read_text())
     analyses = json.loads((analyses_dir / "analyses.json").read_text())
-    summary["analyses"] = {k: v for k, v in analyses.items() if k != "figures"}
+    _per_class_named(summary, spec.class_names)
+    summary["analyses"] = {k: v for k, v in analyses.items() if k != "queries"}
+    summary["analyses"]["queries"] = [{k: v for k, v in q.items() if k != "figures"}
+                                      for q in analyses.get("queries", [])]
     summary["stage_seconds"] = dict(timings)
     summary["synthetic_data"] = data_dir is None
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "metrics.json", summary)
     for ext in ("csv", "md"):
         shutil.copy(compnn_dir / f"table1.{ext}", out_dir / f"table1.{ext}")
     outputs = np.load(compnn_dir / "outputs.npz")
     sources = np.load(compnn_dir / "sources.npy")
-    for sub in ("panels", "figures", "train_images"):
+    for sub in ("panels", "figures"):
         (out_dir / sub).mkdir(exist_ok=True)
+
     entries = []
     n = min(len(query), cfg.n_panels)
+    names = ["input", "CNN", "CompNN", "ground truth", "global NN (Decode2)"]
+    stride = int(summary["stride"])
     for i in range(n):
-        pics = [query.images[i], outputs["Baseline_CNN"][i], outputs["CompNN_(SS)"][i], query.labels[i],
+        comp_out = outputs["CompNN_(SS)"][i]
+        pics = [np.asarray(query.images[i]), outputs["Baseline_CNN"][i], comp_out, np.asarray(query.labels[i]),
                 outputs["Global_Decode2_NN_(SS)"][i]]
-        figures.save_png(out_dir / "panels" / f"{i:03d}.png",
-                         figures.panel([np.asarray(p) for p in pics],
-                                       ["input", "CNN", "CompNN", "ground truth", "global NN"], palette=palette))
-        figures.save_png(out_dir / "panels" / f"{i:03d}_compnn.png",
-                         figures.to_rgb(outputs["CompNN_(SS)"][i], palette))
+        figures.save_png(out_dir / "panels" / f"{i:03d}.png", figures.panel(pics, names, palette=palette))
+        rgbs = [figures.to_rgb(p, palette) for p in pics]
         img, y, x = sources[i]
-        entries.append(report_page.QueryEntry(query.image_ids[i], f"panels/{i:03d}.png", f"panels/{i:03d}_compnn.png",
-                                         img, y, x, int(summary["stride"])))
-    for row in np.unique(sources[:n, 0]):
-        figures.save_png(out_dir / "train_images" / f"{row}.png", np.asarray(db.images[row]))
-    figs = []
-    for caption, name in analyses["figures"]:
-        shutil.copy(analyses_dir / name, out_dir / "figures" / name)
-        figs.append((caption, f"figures/{name}"))
-    t = summary["table1"]
-    header = ["approach", *next(iter(t.values())).keys()]
-    rows = [[name, *vals.values()] for name, vals in t.items()]
-    notes = [f"Task {cfg.task}, model {cfg.model}, preset {cfg.preset}, {summary['n_train']} training and "
-             f"{summary['n_query']} query images at {cfg.size[0]}x{cfg.size[1]}. CompNN matches "
-             f"{summary['kernel']}x{summary['kernel']} neighbourhoods of {summary['fine_layer']} "
-             f"({'x'.join(map(str, summary['fine_shape']))}), each match copying a {summary['stride']}x"
-             f"{summary['stride']} pixel block; Table 1 uses {summary['table1_matching']} matching.",
-             "Seconds per query image: " + ", ".join(f"{m} {s:.3f}" for m, s in summary["seconds_per_image"].items())
-             + ("" if "hierarchical_vs_exact" not in summary else
-                f"; hierarchical agrees with exact on {summary['hierarchical_vs_exact']['same_match']:.1%} of "
-                f"matches and {summary['hierarchical_vs_exact']['same_output_pixel']:.1%} of output pixels.")]
-    warnings = [] if data_dir is not None else [
-        f"Built-in SYNTHETIC {cfg.task} data (no --data_dir given): numbers are not comparable to the paper."]
-    report_page.write_report(out_dir, title=f"compnn — {cfg.task}", notes=notes, warnings=warnings,
-                        table_header=header, table_rows=rows, queries=entries, train_ids=db.image_ids,
-                        figures=figs, timings=timings)
+        meta = query.image_meta[i]
+        entries.append(report_page.QueryEntry(
+            query.image_ids[i], [(t, report_page.data_uri(p)) for t, p in zip(names, rgbs)], 2, img, y, x, stride,
+            tuple(rgbs[2].shape[:2]), classes=comp_out if comp_out.ndim == 2 else None,
+            note=", ".join(f"{k}={v}" for k, v in meta.items())))
+    train_images = {}
+    for row in np.unique(sources[:n, 0]).tolist():
+        t = report_page.TrainImage(db.image_ids[row])
+        t.pictures["photo"] = report_page.data_uri(np.asarray(db.images[row]))
+        t.pictures["copied"] = report_page.data_uri(figures.to_rgb(np.asarray(db.cnn_outputs[row]), palette))
+        if db.has("labels"):
+            t.pictures["label"] = report_page.data_uri(figures.to_rgb(np.asarray(db.labels[row]), palette))
+        train_images[row] = t
+
+    fig_uri = {}
+    for q in analyses.get("queries", []):
+        for f in q["figures"]:
+            shutil.copy(analyses_dir / f["file"], out_dir / "figures" / f["file"])
+            fig_uri[f["file"]] = report_page.data_uri(analyses_dir / f["file"])
+
+    warn = "" if data_dir is not None else (
+        f"<p class='warn'>Built-in SYNTHETIC {esc(cfg.task)} data (no --data_dir given): a stand-in that "
+        f"exercises every step; its numbers are not comparable to the paper's.</p>")
+    intro = (warn +
+             f"<p>CompNN explains a CNN's output pixel by pixel: each pixel is copied from the training image "
+             f"whose internal features, around the matching position, are most similar to the query's. If the "
+             f"collage matches the CNN's output, the network behaves like a lookup of training patches. This "
+             f"run: task <b>{esc(cfg.task)}</b>, network <b>{esc(cfg.model)}</b> ({esc(cfg.preset)} preset), "
+             f"{summary['n_train']} training and {summary['n_query']} query images at "
+             f"{cfg.size[0]}×{cfg.size[1]} pixels.</p>")
+    sections = [("legend", "Class colours", _legend_section(spec, is_labels)),
+                ("table1", "Table 1: how close CompNN comes to the CNN", _table1_section(cfg, spec, summary)),
+                ("matching", "Matching: exact search and the hierarchical prune", _matching_section(summary))]
+    sections += _analyses_sections(analyses, fig_uri, is_labels)
+    sections += [("training", "Training curves", _training_section(train_dir)),
+                 ("run", "Run details", _run_section(cfg, out_dir, export_dir, timings))]
+    report_page.write_report(out_dir, title=f"compnn — {cfg.task}", sections=sections, queries=entries,
+                             train_images=train_images, class_names=spec.class_names if is_labels else (),
+                             intro=intro, queries_after="matching")

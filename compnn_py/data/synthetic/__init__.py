@@ -1,7 +1,10 @@
 """Built-in synthetic datasets: deterministic stand-ins for every task, in memory or on disk.
 
 Image i of a split depends only on (seed, dataset, split, i), so any count and any prefix agree, and
-facades / facades_labels see the same facades (as the real dataset's two directions do). `write_dataset`
+facades / facades_labels see the same facades (as the real dataset's two directions do). Street scenes
+(cityscapes, camvid) alternate between two cities and facades between two styles, recorded in each
+sample's meta ({"city": "A"|"B"}, {"style": "european"|"american"}), the attribute the analyses' bias
+modification splits the matching database by. `write_dataset`
 writes the real on-disk layout (Pix2Pix A|B files, SegNet's CamVid folders and lists, or official
 Cityscapes folders) so that the readers load what `generate` returns.
 """
@@ -21,7 +24,7 @@ from ..palettes import (CAMVID_VOID, CITYSCAPES_PALETTE, CITYSCAPES_TRAIN_TO_ID,
 from ..tasks import Split, TaskSpec, get_task
 from .facades import facade_scene
 from .maps import map_scene
-from .street import TO_CAMVID, street_scene
+from .street import CITIES, TO_CAMVID, street_scene
 
 DEFAULT_SIZE = {"cityscapes": (128, 128), "facades": (128, 128), "facades_labels": (128, 128),
                 "maps": (128, 128), "camvid": (96, 128)}
@@ -55,10 +58,12 @@ def make_sample(task, split: str, i: int, *, size=None, seed: int = 0) -> Sample
     h, w = parse_size(size) or DEFAULT_SIZE[spec.name]
     rng = np.random.default_rng([seed, _DATASET_CODES[spec.name], _check_split(split), i])
     if spec.name in ("cityscapes", "camvid"):
-        photo, ids = street_scene(rng, h, w)
+        # Cities alternate, so any prefix of a split holds both about equally (bias modification needs both).
+        city = CITIES[i % len(CITIES)]
+        photo, ids = street_scene(rng, h, w, city)
         if spec.name == "camvid":
-            return Sample(photo, TO_CAMVID[ids], sample_id(spec, i), {"sequence": "synth"})
-        return Sample(photo, ids, sample_id(spec, i), {})
+            return Sample(photo, TO_CAMVID[ids], sample_id(spec, i), {"sequence": "synth", "city": city})
+        return Sample(photo, ids, sample_id(spec, i), {"city": city})
     if spec.name in ("facades", "facades_labels"):
         photo, ids, style = facade_scene(rng, h, w)
         meta = {"style": style}

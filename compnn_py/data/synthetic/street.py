@@ -1,6 +1,15 @@
 """Synthetic street scenes (a road to a vanishing point, sidewalks, buildings with windows, sky, trees,
 walls, fences, poles with signs and lights, cars, buses, pedestrians, riders, void clutter), labelled
-with Cityscapes train ids; CamVid's labels are a remapping of the same scenes."""
+with Cityscapes train ids; CamVid's labels are a remapping of the same scenes.
+
+Every scene lies in one of two cities (CITIES, kept in each sample's meta as {"city": ...}) that differ
+the way real cities do, in what is there as well as in how it looks, so that restricting CompNN's
+matching database to one city (bias modification, the paper's Fig. 9) visibly changes the output:
+- "A", an old town: tall, unbroken rows of brick and warm stone buildings, paved sidewalks without
+  grass, few trees, yellow road markings, many signs and lights;
+- "B", a garden suburb: low white or grey buildings and garden walls with gaps, grass verges, many
+  trees, fences, white road markings.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +30,36 @@ for _cs, _cv in {ROAD: 3, SIDEWALK: 4, BUILDING: 1, WALL: 1, FENCE: 7, POLE: 2, 
 
 _FACADE_COLOURS = np.array([(0.55, 0.27, 0.2), (0.75, 0.62, 0.45), (0.6, 0.6, 0.62), (0.85, 0.8, 0.7),
                             (0.45, 0.42, 0.4), (0.7, 0.45, 0.35), (0.8, 0.75, 0.55)], np.float32)
+_PLAIN_COLOURS = np.array([(0.92, 0.92, 0.9), (0.8, 0.82, 0.85), (0.7, 0.72, 0.75), (0.88, 0.86, 0.8),
+                          (0.6, 0.64, 0.7)], np.float32)
 _CAR_COLOURS = np.array([(0.8, 0.1, 0.1), (0.1, 0.2, 0.6), (0.85, 0.85, 0.85), (0.1, 0.1, 0.1),
                          (0.5, 0.5, 0.55), (0.2, 0.45, 0.25), (0.9, 0.75, 0.2)], np.float32)
+
+
+CITIES = ("A", "B")
+CITY_NAMES = {"A": "old town", "B": "garden suburb"}
+# Per city: building palette and textures, how tall (x the base height), chance of a gap in the row and of
+# a wall instead of a building, chance of a grass verge on each side, counts of trees / poles (low, high
+# exclusive), chance of a fence, road-marking colour.
+_CITY = {
+    "A": dict(colours=_FACADE_COLOURS, textures=("brick", "brick", "moon"), height=1.5, gap=0.03, wall=0.03,
+              verge=0.0, trees=(0, 2), poles=(1, 5), fence=0.1, marking=(0.95, 0.8, 0.15)),
+    "B": dict(colours=_PLAIN_COLOURS, textures=("moon", "gravel"), height=0.55, gap=0.3, wall=0.4,
+              verge=0.9, trees=(3, 8), poles=(0, 2), fence=0.7, marking=(0.92, 0.92, 0.9)),
+}
 
 
 def _jitter(rng, colour, amount=0.12):
     return np.clip(np.asarray(colour) * (1 + rng.uniform(-amount, amount, 3)), 0, 1)
 
 
-def street_scene(rng, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (photo uint8 (H, W, 3), labels uint8 (H, W) in Cityscapes train ids, 255 = void)."""
+def street_scene(rng, height: int, width: int, city: str = "A") -> tuple[np.ndarray, np.ndarray]:
+    """One scene of `city` (see CITIES): (photo uint8 (H, W, 3), labels uint8 (H, W) in Cityscapes train
+    ids, 255 = void)."""
+    if city not in _CITY:
+        raise ValueError(f"city must be one of {CITIES}, got {city!r}")
     c = Canvas(rng, height, width, SKY)
+    c.city = _CITY[city]
     H, W = height, width
     horizon = rng.uniform(0.32, 0.55) * H
     vx = rng.uniform(0.3, 0.7) * W
@@ -47,15 +75,15 @@ def street_scene(rng, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
     # Objects standing on the ground, painted far (near the horizon) to near.
     objects = []
-    for _ in range(rng.integers(0, 5)):
+    for _ in range(rng.integers(*c.city["trees"])):
         objects.append(("tree", rng.uniform(horizon + 0.03 * H, H * 0.95)))
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(*c.city["poles"])):
         objects.append(("pole", rng.uniform(horizon + 0.02 * H, H * 0.9)))
     for _ in range(rng.integers(0, 6)):
         objects.append(("car", rng.uniform(horizon + 0.05 * H, H * 1.05)))
     for _ in range(rng.integers(0, 6)):
         objects.append(("person", rng.uniform(horizon + 0.05 * H, H)))
-    if rng.random() < 0.35:
+    if rng.random() < c.city["fence"]:
         objects.append(("fence", rng.uniform(horizon + 0.02 * H, horizon + 0.25 * (H - horizon))))
     if rng.random() < 0.3:
         objects.append(("clutter", rng.uniform(horizon + 0.05 * H, H)))
@@ -76,15 +104,16 @@ def _buildings(c: Canvas, horizon, vx):
         bw = rng.uniform(0.08, 0.35) * W
         xc = x + bw / 2
         near = 0.4 + 1.6 * abs(xc - vx) / W  # blocks beside the camera look taller
-        top = horizon - min(rng.uniform(0.08, 0.3) * H * near, horizon + 0.05 * H)
-        if rng.random() < 0.15:  # a gap in the row: sky or trees show through
+        top = horizon - min(rng.uniform(0.08, 0.3) * H * near * c.city["height"], horizon + 0.05 * H)
+        if rng.random() < c.city["gap"]:  # a gap in the row: sky or trees show through
             x += bw
             continue
-        kind = BUILDING if rng.random() < 0.9 else WALL
+        kind = WALL if rng.random() < c.city["wall"] else BUILDING
         if kind == WALL:
             top = max(top, horizon - 0.08 * H * near)
-        colour = _jitter(rng, _FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS))], 0.2)
-        tex = ("brick", "moon", "gravel")[rng.integers(3)]
+        palette = c.city["colours"]
+        colour = _jitter(rng, palette[rng.integers(len(palette))], 0.2)
+        tex = c.city["textures"][rng.integers(len(c.city["textures"]))]
         face = c.material(colour, tex, rng.uniform(0.2, 0.6), rng.uniform(0.5, 1.5))
         c.paint(*c.rect(top, x, horizon + 0.02 * H, x + bw), kind, face)
         if kind == BUILDING:
@@ -119,7 +148,7 @@ def _ground(c: Canvas, horizon, vx):
     left, right = vx - half + rng.uniform(-0.2, 0.2) * W, vx + half + rng.uniform(-0.2, 0.2) * W
     walk = rng.uniform(0.15, 0.5) * W
     for side, edge in ((-1, left), (1, right)):  # grass verges beyond some sidewalks
-        if rng.random() < 0.35:
+        if rng.random() < c.city["verge"]:
             outer = edge + side * walk
             verge = c.material(_jitter(rng, (0.3, 0.5, 0.2), 0.2), "grass", 0.6)
             far = 0 if side < 0 else W * 1.0
@@ -127,7 +156,7 @@ def _ground(c: Canvas, horizon, vx):
     asphalt = c.material(_jitter(rng, (0.3, 0.3, 0.32), 0.15), "gravel", rng.uniform(0.15, 0.4), 0.5)
     c.paint(*c.polygon([horizon, H, H, horizon], [vx - 0.004 * W, left, right, vx + 0.004 * W]), ROAD, asphalt)
     c.road = (left, right)
-    paint = np.array([0.9, 0.9, 0.85], np.float32)
+    paint = np.array(c.city["marking"], np.float32)
     centre = (left + right) / 2 + rng.uniform(-0.2, 0.2) * (right - left)
     n_dash = 8
     for i in range(n_dash):  # dashed centre line, dashes shrinking toward the horizon
