@@ -40,15 +40,16 @@ class Engine:
         """What ran the tasks, for metrics.json."""
         return dict(self.info, threads_per_task=self.threads)
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Sequence[Any]], *, desc: str = "tasks") -> list[Any]:
-        """[fn(*item) for item in items], run as tasks; results in the order of `items`. A task's
+    def map(self, fn: Callable[..., Any], items: Sequence[Sequence[Any]], *, desc: str = "tasks",
+            **kwargs: Any) -> list[Any]:
+        """[fn(*item, **kwargs) for item in items], run as tasks; results in the order of `items`. A task's
         exception is raised here (after the others were cancelled)."""
         from distributed import as_completed
         from tqdm import tqdm
 
         if not items:
             return []
-        futures = [self.client.submit(fn, *item, pure=False) for item in items]
+        futures = [self.client.submit(fn, *item, pure=False, **kwargs) for item in items]
         try:
             with tqdm(total=len(futures), desc=desc, unit="task") as bar:
                 for future in as_completed(futures):

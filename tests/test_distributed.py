@@ -113,3 +113,16 @@ def test_engine_map_keeps_item_order_and_raises_task_errors(engine):
     assert engine.map(pow, [(2, k) for k in range(7)]) == [2 ** k for k in range(7)]
     with pytest.raises(ZeroDivisionError):
         engine.map(divmod, [(1, 1), (1, 0)])
+
+
+def test_analyses_on_two_workers_write_the_same_files(export, engine, tmp_path):
+    from experiments.steps import analyses
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    analyses.run_analyses(one, config(), SPEC, export, 1, match_method="both")
+    analyses.run_analyses(two, config(), SPEC, export, None, match_method="both", engine=engine)
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir()) and any(n.endswith(".png") for n in names)
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from compnn_py import compose, figures, metrics
 from compnn_py.fsio import write_json
 from compnn_py.store import ActivationStore
-from experiments.steps.compnn import match_kwargs
+from experiments.steps.compnn import choose_method, match_kwargs
 from experiments.steps.export import open_stores
 
 N_QUERIES = 3                   # query images analysed
@@ -44,7 +44,8 @@ def bias_databases(db: ActivationStore) -> dict[str, np.ndarray]:
 
 def analysis_method(match_method: str) -> str:
     """The matcher the analyses use for --match_method: that matcher itself, and the hierarchical prune
-    for "both"."""
+    for "both" (run_analyses, which sees the database, takes Table 1's fast matcher instead:
+    compnn.choose_method)."""
     if match_method not in ("exact", "shortlist", "hierarchical", "both"):
         raise ValueError(f"match_method must be exact, shortlist, hierarchical or both, got {match_method!r}")
     return "hierarchical" if match_method == "both" else match_method
@@ -189,9 +190,15 @@ def run_analyses(d: Path, cfg, spec, export_dir: Path, threads, *, match_method:
     """Analyse the first N_QUERIES query images (figures + analyses.json in `d`)."""
     db, query = open_stores(export_dir)
     method = analysis_method(match_method)
+    if match_method == "both":  # the fast matcher Table 1 uses (compnn.choose_method)
+        method = choose_method(db, cfg)[0]
     n = min(len(query), N_QUERIES)
-    queries = [analyse_query(export_dir, cfg, i, out_dir=d, method=method, threads=threads)
-               for i in tqdm(range(n), desc="analyses", unit="img")]
+    if engine is None:
+        queries = [analyse_query(export_dir, cfg, i, out_dir=d, method=method, threads=threads)
+                   for i in tqdm(range(n), desc="analyses", unit="img")]
+    else:  # tasks open the stores from export_dir and write their figures into d: paths the workers see
+        queries = engine.map(analyse_query, [(str(Path(export_dir).resolve()), cfg, i) for i in range(n)],
+                             desc="analyses", out_dir=str(Path(d).resolve()), method=method, threads=engine.threads)
     write_json(d / "analyses.json", {
         "matching": method, "shortlist": min(cfg.shortlist, len(db)) if method != "exact" else None,
         "n_train": len(db), "bias_databases": {k: int(len(v)) for k, v in bias_databases(db).items()},
