@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -142,7 +143,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence], *, digits: int = 3, c
 
     def cls(j, v=None):
         names = [classes[j]] if j < len(classes) and classes[j] else []
-        if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None or (
+                isinstance(v, str) and _NUMERIC.fullmatch(v)):
             names.append("n")
         return f" class='{' '.join(names)}'" if names else ""
 
@@ -151,6 +153,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence], *, digits: int = 3, c
                    for r in rows)
     ident = f" id='{esc(table_id)}'" if table_id else ""
     return f"<div class='tw'><table{ident}><tr>{head}</tr>{body}</table></div>"
+
+
+_NUMERIC = re.compile(r"[-+]?[0-9.,]+(e[-+]?[0-9]+)?( ?%| dB)?|–")
 
 
 class Raw(str):
@@ -169,9 +174,11 @@ def legend(names: Sequence[str], palette, *, void_colour=None, void_name: str = 
     return f"<ul class='legend' id='legend'>{''.join(items)}</ul>"
 
 
-def figure(uri: str, caption: str, *, fig_id: str | None = None) -> str:
+def figure(uri: str, caption: str, *, fig_id: str | None = None, width: int | None = None) -> str:
+    """A picture with its caption; `width` (CSS pixels) enlarges small figures, never past the page."""
     ident = f" id='{esc(fig_id)}'" if fig_id else ""
-    return (f"<figure{ident}><img src='{uri}' alt='{esc(caption[:80])}'>"
+    size = f" style='width:{int(width)}px'" if width else ""
+    return (f"<figure{ident}><img src='{uri}' alt='{esc(caption[:80])}'{size}>"
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 

@@ -82,3 +82,18 @@ def test_synthetic_scenes_need_composition():
     r = difficulty_report(train, query, queries=500, stride=4)
     assert r["patch_nn_context"] > r["global_nn"] + 0.1
     assert r["patch_nn_context"] > r["global_oracle"]
+
+
+def test_two_cities_differ_in_content():
+    """Street scenes alternate between two cities that differ in what is there (so that a database of one
+    city lacks pieces the other needs): the garden suburb (B) has far more vegetation and terrain, the old
+    town (A) far more building. Measured: green 0.02 (A) vs 0.22 (B), building 0.20 vs 0.01."""
+    s = load_split("cityscapes", "train", n=40, size=64, progress=False)
+    assert [m["city"] for m in s.meta[:4]] == ["A", "B", "A", "B"]
+    city = np.array([m["city"] for m in s.meta])
+    frac = {c: {k: float(np.isin(s.targets[city == c], ids).mean()) for k, ids in
+                (("green", [8, 9]), ("building", [2]))} for c in "AB"}
+    assert frac["B"]["green"] > 2 * frac["A"]["green"] + 0.05, frac
+    assert frac["A"]["building"] > 1.5 * frac["B"]["building"], frac
+    camvid = load_split("camvid", "train", n=2, size=32, progress=False)
+    assert [m["city"] for m in camvid.meta] == ["A", "B"]

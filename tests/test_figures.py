@@ -90,3 +90,52 @@ def test_correspondence_map_and_figure(tmp_path, rng):
     assert by_label.shape[1] == 4 + 3 * (128 + 4)
     with pytest.raises(ValueError, match="show"):
         figures.correspondence_figure(corr, db, show="photos")
+
+
+def test_heatmap_ramp_ends_and_clipping():
+    v = np.array([[0.0, 1.0, 2.0, -5.0, 9.0]])
+    out = figures.heatmap(v, 0.0, 2.0)
+    ramp = figures._RAMP.astype(np.uint8)
+    np.testing.assert_array_equal(out[0, 0], ramp[0])
+    np.testing.assert_array_equal(out[0, 2], ramp[-1])
+    np.testing.assert_array_equal(out[0, 1], ramp[len(ramp) // 2])  # midpoint of a 5-anchor ramp
+    np.testing.assert_array_equal(out[0, 3], ramp[0])   # below lo clips to the darkest
+    np.testing.assert_array_equal(out[0, 4], ramp[-1])  # above hi clips to the brightest
+    # Brightness grows along the ramp (a reader can rank values by lightness).
+    lum = figures.heatmap(np.linspace(0, 1, 50)[None], 0, 1)[0] @ np.array([0.3, 0.59, 0.11])
+    assert np.all(np.diff(lum) > -1e-9)
+    assert figures.colour_scale(300, "lo", "hi").shape[1] == 300
+
+
+def test_strongest_channels_and_activation_heatmaps(rng):
+    act = np.zeros((4, 4, 5))
+    act[..., 3] = rng.normal(0, 5, (4, 4))
+    act[..., 1] = rng.normal(0, 1, (4, 4))
+    assert figures.strongest_channels(act, 2) == [1, 3]
+
+    class Pred:  # the fields activation_heatmaps reads from compose.ActivationPrediction
+        actual = act
+        compositional = Composition(act, *(np.zeros((4, 4), np.int32),) * 3, None, "s", "t", (1, 1))
+        global_ = Composition(np.zeros_like(act), *(np.zeros((4, 4), np.int32),) * 3, None, "s", "t", (1, 1))
+
+    fig, channels = figures.activation_heatmaps(Pred, n_channels=2)
+    assert channels == [1, 3]
+    assert fig.shape[1] == 4 + 4 * (128 + 4)  # CNN, CompNN, global, |error| per channel row
+    # A perfect compositional prediction: its error panel is all the ramp's darkest colour.
+    err = fig[4 + 14:4 + 14 + 128, 4 + 3 * 132:4 + 3 * 132 + 128]
+    assert (err == figures._RAMP[0].astype(np.uint8)).all()
+
+
+def test_bias_figure_shows_changed_pixels(rng):
+    class Q:
+        images = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+        cnn_outputs = np.zeros((1, 8, 8), np.uint8)
+
+    a = np.zeros((8, 8), np.uint8)
+    b = a.copy()
+    b[:, 4:] = 1
+    fig = figures.bias_figure(Q, 0, {"x": a, "y": b}, palette=figures.distinct_colours(2), changed=a != b,
+                              cnn=True)
+    assert fig.shape[1] == 4 + 5 * (128 + 4)  # input, CNN, two outputs, changed mask
+    mask = fig[4 + 14:4 + 14 + 128, 4 + 4 * 132:4 + 4 * 132 + 128]
+    assert (mask[:, :64] == 40).all() and (mask[:, 64:] == 255).all()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from compnn_py import figures
 from compnn_py.fsio import write_json
@@ -29,6 +30,7 @@ COLUMN_NAMES = {
     "psnr_vs_gt": "PSNR vs ground truth (dB)", "ssim_vs_gt": "SSIM vs ground truth",
     "psnr_vs_cnn": "PSNR vs CNN output (dB)", "ssim_vs_cnn": "SSIM vs CNN output",
 }
+FIGURE_ZOOM = 1.5    # analysis figures are drawn with 128-pixel cells; shown larger (CSS caps them at the page)
 SHORT_ROWS = {"Baseline CNN": "CNN", "CompNN (SS)": "CompNN SS", "CompNN (O)": "CompNN O",
               "Global Bottleneck NN (SS)": "Bottleneck SS", "Global Bottleneck NN (O)": "Bottleneck O",
               "Global Decode2 NN (SS)": "Decode2 SS", "Global Decode2 NN (O)": "Decode2 O"}
@@ -242,7 +244,8 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
             by_kind.setdefault(f["kind"], []).append((q, f))
 
     def figs(kind):
-        return "".join(report_page.figure(fig_uri[f["file"]], f["caption"], fig_id=f"fig-{f['file'][:-4]}")
+        return "".join(report_page.figure(fig_uri[f["file"]][0], f["caption"], fig_id=f"fig-{f['file'][:-4]}",
+                                          width=round(fig_uri[f["file"]][1] * FIGURE_ZOOM))
                        for _, f in by_kind.get(kind, []))
 
     method = analyses.get("matching")
@@ -420,7 +423,9 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
     for q in analyses.get("queries", []):
         for f in q["figures"]:
             shutil.copy(analyses_dir / f["file"], out_dir / "figures" / f["file"])
-            fig_uri[f["file"]] = report_page.data_uri(analyses_dir / f["file"])
+            with Image.open(analyses_dir / f["file"]) as im:
+                width = im.size[0]
+            fig_uri[f["file"]] = (report_page.data_uri(analyses_dir / f["file"]), width)
 
     warn = "" if data_dir is not None else (
         f"<p class='warn'>Built-in SYNTHETIC {esc(cfg.task)} data (no --data_dir given): a stand-in that "
@@ -434,7 +439,7 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
              f"{cfg.size[0]}×{cfg.size[1]} pixels.</p>")
     sections = [("legend", "Class colours", _legend_section(spec, is_labels)),
                 ("table1", "Table 1: how close CompNN comes to the CNN", _table1_section(cfg, spec, summary)),
-                ("matching", "Matching: exact search and the hierarchical prune", _matching_section(summary))]
+                ("matching", "Matching: exact search, shortlist and hierarchical prune", _matching_section(summary))]
     sections += _analyses_sections(analyses, fig_uri, is_labels)
     sections += [("training", "Training curves", _training_section(train_dir)),
                  ("run", "Run details", _run_section(cfg, out_dir, export_dir, timings))]

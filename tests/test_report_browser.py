@@ -1,0 +1,84 @@
+"""report.html in a real browser (headless Chromium driven by selenium): no console errors, no broken
+images, pointing at a CompNN pixel names the training image it came from, and the legend names every
+class. Skips with one line when Chromium, chromedriver or selenium is missing."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from report_run import tiny_run
+
+CHROME = next((p for p in ("chromium", "chromium-browser", "google-chrome") if shutil.which(p)), None)
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if CHROME is None or DRIVER is None:
+        pytest.skip("chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = shutil.which(CHROME)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield drv
+    drv.quit()
+
+
+@pytest.fixture(scope="module")
+def page(browser, tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    out = tiny_run(tmp_path_factory)
+    # Alone in a fresh directory: the page must not need anything beside it.
+    alone = tmp_path_factory.mktemp("moved") / "report.html"
+    shutil.copy(out / "report.html", alone)
+    browser.get(Path(alone).as_uri())
+    return browser
+
+
+def test_no_console_errors_and_no_broken_images(page):
+    severe = [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+    images = page.execute_script(
+        "return [...document.querySelectorAll('img[src]')].map(i => [i.alt, i.complete, i.naturalWidth])")
+    assert len(images) >= 3 * 5 + 5  # query panels + analysis figures
+    broken = [alt for alt, complete, width in images if not complete or width == 0]
+    assert not broken, broken
+
+
+def test_pointing_at_a_compnn_pixel_shows_its_source(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    mark = page.find_element(By.CSS_SELECTOR, ".pic.live .mark")
+    assert mark.value_of_css_property("display") == "none"  # no marker before any interaction
+    img = page.find_element(By.ID, "compnn-0")
+    page.execute_script("arguments[0].scrollIntoView()", img)
+    ActionChains(page).move_to_element(img).click().perform()
+    caption = page.find_element(By.ID, "cap-0").text
+    assert "was copied from" in caption and "of training image" in caption, caption
+    data = page.execute_script("return DATA")
+    ids = {t["id"] for t in data["train"].values()}
+    named = caption.split("of training image ")[1].split(" ")[0]
+    assert named in ids
+    assert mark.value_of_css_property("display") == "block"
+    shown = page.execute_script(
+        "return [...document.querySelectorAll('#src-0 .pic img')].map(i => i.naturalWidth)")
+    assert len(shown) == 3 and all(w > 0 for w in shown)
+    assert not [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_legend_names_every_class(page):
+    from compnn_py.data import TASKS
+    from selenium.webdriver.common.by import By
+
+    items = [li.text.strip() for li in page.find_elements(By.CSS_SELECTOR, "#legend li")]
+    for name in TASKS["cityscapes"].class_names:
+        assert name in items, (name, items)
