@@ -3,7 +3,9 @@
 Writes one PNG grid per task (rows of input | target, label maps in their palette colours) to --out,
 prints the time to generate each split, and for the label-producing tasks the pixel accuracy of
 copying labels from the globally nearest training photo versus from patches (see
-compnn_py.data.synthetic.difficulty).
+compnn_py.data.synthetic.difficulty). For data whose images carry an attribute (street scenes: city;
+facades: style) it also prints each class's share of the pixels per attribute value: how different the
+databases the analyses' bias modification compares are.
 
     python3 benchmarks/show_synthetic.py --out /tmp/synthetic --n_train 200 --n_val 50
 """
@@ -40,6 +42,20 @@ def grid(split, rows=4, cols=3):
     return np.concatenate(tiles, 0)
 
 
+def class_shares(split, key):
+    """{attribute value: {class name: fraction of its labelled pixels}} for a segmentation split."""
+    values = sorted({m[key] for m in split.meta if key in m})
+    if split.targets.ndim != 3 or len(values) < 2:
+        return None
+    out = {}
+    for v in values:
+        t = split.targets[np.array([m.get(key) == v for m in split.meta])]
+        t = t[t != 255]
+        counts = np.bincount(t.ravel(), minlength=split.spec.num_classes)
+        out[v] = {n: round(float(c / max(t.size, 1)), 3) for n, c in zip(split.spec.class_names, counts)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -61,6 +77,10 @@ def main():
         if name == "maps":  # measure on the map's own colour classes
             for s in (train, val):
                 s.targets = snap_to_palette(s.targets, MAP_PALETTE)
+        for key in ("city", "style"):
+            shares = class_shares(train, key)
+            if shares:
+                res[f"class_shares_by_{key}"] = shares
         if name != "facades":  # facades_labels measures the same images
             res.update({k: round(v, 4) for k, v in
                         difficulty_report(train, val, queries=args.queries).items()})
