@@ -89,3 +89,19 @@ def test_bench_binary_runs_and_agrees(built):
     bad = subprocess.run([str(built / "compnn_bench"), "--query=/nonexistent.npy", "--database=/x.npy"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "/nonexistent.npy" in bad.stderr
+
+
+def test_bench_help_and_bad_flags(built):
+    """--help lists every flag with a description (exit 0); a malformed or unknown flag is named (exit 2)."""
+    bench = str(built / "compnn_bench")
+    out = subprocess.run([bench, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for flag in ("h", "w", "c", "n", "kernel", "threads", "flat_rows", "flat_db", "shortlist", "coarse_factor",
+                 "coarse_kernel", "coarse_k", "margin", "seed", "blas", "query", "database", "labels",
+                 "query_coarse", "db_coarse", "query_global", "db_global"):
+        line = next((l for l in out.stdout.splitlines() if l.strip().startswith(f"--{flag}=")), None)
+        assert line is not None and len(line.split(None, 1)) == 2, f"--{flag} missing or undescribed"
+    for args, word in ((["--n=abc"], "--n=abc"), (["--threads=1x"], "--threads=1x"), (["--bogus=1"], "--bogus"),
+                       (["--coarse_factor=0"], "--coarse_factor")):
+        bad = subprocess.run([bench, *args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and word in bad.stderr, (args, bad.returncode, bad.stderr)

@@ -1,11 +1,22 @@
 """compnn_py.match against naive numpy references: flat, patch and hierarchical search, ties, borders,
-float16 and memmapped input, thread-count invariance, and the argument checks."""
+float16 and memmapped input, thread-count invariance, large k, extreme scales, the argument checks (all
+in the C++ core), thread-start failure and Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from compnn_py import match
-from naive import naive_patches, naive_topk
+from compnn_py import _core, match
+from naive import assert_top1_agrees, naive_cosine, naive_patches, naive_topk
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def relu_maps(rng, shape, dtype=np.float32):
@@ -244,6 +255,161 @@ def test_bad_arguments_name_the_argument(rng):
     for fn, exc, word in cases:
         with pytest.raises(exc, match=word):
             fn()
+
+
+def test_int_arguments_beyond_32_bits_name_the_argument(rng):
+    """Every integer argument is range-checked in the core: no pybind11 conversion error, no overflow."""
+    q = relu_maps(rng, (4, 4, 3))
+    db = relu_maps(rng, (2, 4, 4, 3))
+    p = pyramid(rng)
+    hier = dict(kernel_fine=4, kernel_coarse=2, shortlist=2, **p)
+    for big in (2**31, 2**40, 2**63, 2**70):
+        cases = [
+            ("threads", lambda: match.patches(q, db, kernel=2, threads=big)),
+            ("kernel", lambda: match.patches(q, db, kernel=big)),
+            ("k", lambda: match.patches(q, db, kernel=2, k=big)),
+            ("k", lambda: match.exact(q[0], db[0, 0], k=big)),
+            ("S", lambda: match.global_shortlist(q, db, big)),
+            ("shortlist", lambda: match.hierarchical(**dict(hier, shortlist=big))),
+            ("coarse_k", lambda: match.hierarchical(coarse_k=-big, **hier)),
+            ("margin", lambda: match.hierarchical(margin=big, **hier)),
+            ("kernel_coarse", lambda: match.hierarchical(**dict(hier, kernel_coarse=big))),
+        ]
+        for name, fn in cases:
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                fn()
+
+
+def test_checks_live_in_the_core(rng):
+    """The binding itself rejects what match.py used to check (duplicate rows were caught only in Python
+    before), with the same messages, so there is one place for each check."""
+    q = relu_maps(rng, (4, 4, 3))
+    db = relu_maps(rng, (2, 4, 4, 3))
+    with pytest.raises(ValueError, match="^rows: contains duplicates"):
+        _core.patches(q, db, [1, 1], 2, 1, 1)
+    with pytest.raises(ValueError, match="^rows: is empty"):
+        _core.patches(q, db, [], 2, 1, 1)
+    with pytest.raises(ValueError, match="^queries: contains NaN"):
+        _core.exact(np.full((2, 3), np.nan, np.float32), db[0, 0], None, 1, 1)
+    with pytest.raises(TypeError, match="^k: expected an integer, got bool"):
+        match.patches(q, db, kernel=2, k=True)
+    with pytest.raises(TypeError, match="^kernel: expected an integer, got float"):
+        match.patches(q, db, kernel=2.0)
+    with pytest.raises(TypeError, match="^query: expected float32 or float16"):
+        match.patches(q.astype(">f4"), db, kernel=2)  # non-native byte order is not float32
+    with pytest.raises(ValueError, match="^coarse_k: 0 must be >= 1"):
+        match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=2, coarse_k=0, **pyramid(rng))
+    assert match.patches(q, db, kernel=np.int64(2), k=np.int32(1), threads=np.uint8(2)).image.shape == (4, 4, 1)
+
+
+def test_large_k_matches_naive(rng):
+    """k far above the sorted-list size (a heap in the core): the naive top-k, and small k's prefix."""
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    d = rng.standard_normal((20000, 8)).astype(np.float32)
+    d[777] = d[5]  # an exact tie: 5 comes first
+    q[0] = d[5]
+    idx, sim = match.exact(q, d, k=4096)
+    assert idx.shape == (4, 4096)
+    ref_idx, ref_sim = naive_topk(q, d, 4096)
+    np.testing.assert_allclose(sim, ref_sim, atol=1e-5)
+    cos = naive_cosine(q, d)
+    np.testing.assert_allclose(np.take_along_axis(cos, idx, axis=1), ref_sim, atol=1e-5)  # right similarities
+    assert all(len(set(row)) == 4096 for row in idx)
+    assert idx[0, 0] == 5 and idx[0, 1] == 777
+    small_idx, small_sim = match.exact(q, d, k=16)
+    np.testing.assert_array_equal(idx[:, :16], small_idx)
+    np.testing.assert_array_equal(sim[:, :16], small_sim)
+    other = match.exact(q, d, k=4096, threads=3)
+    np.testing.assert_array_equal(other[0], idx)
+    np.testing.assert_array_equal(other[1], sim)
+    # patch search with k above the sorted-list size
+    query = relu_maps(rng, (5, 6, 3))
+    db = relu_maps(rng, (2, 20, 30, 3))
+    res = match.patches(query, db, kernel=3, k=500)
+    qd = naive_patches(query, 3).reshape(-1, 27)
+    dd = naive_patches(db, 3).reshape(-1, 27)
+    _, ref = naive_topk(qd, dd, 500)
+    np.testing.assert_allclose(res.similarity.reshape(-1, 500), ref, atol=1e-5)
+
+
+def test_hierarchical_is_scale_invariant(rng):
+    p = pyramid(rng)
+    kw = dict(kernel_fine=4, kernel_coarse=2, shortlist=3, coarse_k=4, margin=1, k=2)
+    base = match.hierarchical(**kw, **p)
+    for e in (-30, 25):
+        scaled = {name: (a.astype(np.float64) * 10.0**e).astype(np.float32) for name, a in p.items()}
+        res = match.hierarchical(**kw, **scaled)
+        np.testing.assert_allclose(res.similarity, base.similarity, atol=1e-5)
+        assert ((res.image == base.image) & (res.y == base.y) & (res.x == base.x))[..., 0].mean() > 0.99
+
+
+def _run_python(code, timeout, **kw):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for the address-space limit")
+def test_thread_start_failure_keeps_results():
+    """Asking for 100000 threads while the OS can start only a few (address space capped) used to abort
+    the interpreter (std::system_error past joinable threads); now the search runs on the threads that
+    started and gives the single-thread result."""
+    out = _run_python("""
+        import resource
+        import numpy as np
+        from compnn_py import match
+        rng = np.random.default_rng(0)
+        q = rng.random((6, 6, 4), dtype=np.float32)
+        db = rng.random((300, 6, 6, 4), dtype=np.float32)
+        base = match.patches(q, db, kernel=3, k=2, threads=1)
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), hard))  # room for ~2 thread stacks
+        res = match.patches(q, db, kernel=3, k=2, threads=100_000)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        for f in ("image", "y", "x", "similarity"):
+            assert np.array_equal(getattr(res, f), getattr(base, f)), f
+        print("identical")
+    """, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "identical", (out.returncode, out.stderr[-2000:])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_interrupts_a_long_search():
+    """SIGINT during a long C++ search raises KeyboardInterrupt within a few seconds (it used to be
+    ignored until the search ended)."""
+    code = """
+        import time
+        import numpy as np
+        from compnn_py import match
+        rng = np.random.default_rng(0)
+        q = rng.random((128, 128, 64), dtype=np.float32)
+        db = np.concatenate([rng.random((2, 128, 128, 64), dtype=np.float32).astype(np.float16)] * 30)
+        print("searching", flush=True)
+        t = time.perf_counter()
+        try:
+            match.patches(q, db, kernel=4, threads=2)  # minutes of work on any machine
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise SystemExit(3)
+        print("finished", time.perf_counter() - t, flush=True)
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "searching", proc.stderr.read()
+        time.sleep(1.0)
+        t = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        latency = time.perf_counter() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out.strip() == "interrupted" and proc.returncode == 3, (out, err[-2000:])
+    assert latency < 5, latency
 
 
 def test_non_finite_values_are_rejected(rng):

@@ -1,17 +1,11 @@
 // compnn_bench: times flat exact, shift-sum exact and hierarchical search on generated (i.i.d.) or
-// loaded (.npy) feature maps, and reports agreement with the exact top-1.
-//
-//   compnn_bench [--h=128 --w=128 --c=128 --kernel=4 --n=4 --threads=2 --flat_rows=8 --flat_db=1
-//                 --shortlist=4 --coarse_factor=4 --coarse_kernel=1 --coarse_k=8 --margin=1 --seed=0]
-//                [--blas=/path/to/libscipy_openblas.so]
-//                [--query=q.npy --database=db.npy [--labels=db_labels.npy]]
-// Coarse maps are average-pooled fine maps (factor --coarse_factor) and global descriptors are the
-// fine maps' channel means, unless the data come from .npy files with those layers given
-// (--query_coarse, --db_coarse, --query_global, --db_global).
+// loaded (.npy) feature maps, and reports agreement with the exact top-1. `compnn_bench --help` lists
+// the flags (the table kFlags below); every flag is --name=value.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -105,24 +99,99 @@ void agreement(const cnn_core::PatchMatches& a, const cnn_core::PatchMatches& b,
   *same_label = labels ? double(lab) / n : -1;
 }
 
+struct Flag {
+  const char* name;
+  const char* fallback;  // default value; nullptr: no default (optional)
+  const char* help;
+};
+
+const Flag kFlags[] = {
+    {"h", "128", "query map height (generated data)"},
+    {"w", "128", "query map width (generated data)"},
+    {"c", "128", "channels (generated data)"},
+    {"n", "4", "database images (generated data)"},
+    {"kernel", "4", "patch kernel K of the fine search"},
+    {"threads", "2", "worker threads (capped at min(4 x hardware threads, 256))"},
+    {"flat_rows", "8", "query rows timed for the flat search (extrapolated to the whole query)"},
+    {"flat_db", "1", "database images searched by the flat search"},
+    {"shortlist", "4", "hierarchical: images kept by the global descriptor"},
+    {"coarse_factor", "4", "hierarchical: average-pooling factor making the coarse maps"},
+    {"coarse_kernel", "1", "hierarchical: patch kernel of the coarse search"},
+    {"coarse_k", "8", "hierarchical: coarse candidates per coarse position (-1: no coarse stage)"},
+    {"margin", "1", "hierarchical: fine positions added around each coarse candidate's region"},
+    {"seed", "0", "seed of the generated data"},
+    {"blas", nullptr, "path of an OpenBLAS shared library for the GEMMs (default: Eigen)"},
+    {"query", nullptr, "query map (H, W, C) .npy, float32/float16, instead of generated data"},
+    {"database", nullptr, "database maps (N, H, W, C) .npy (with --query)"},
+    {"labels", nullptr, "database labels (N, H, W) uint8 .npy: also report same-label agreement"},
+    {"query_coarse", nullptr, "coarse query map .npy (default: pooled --query)"},
+    {"db_coarse", nullptr, "coarse database maps .npy (default: pooled --database)"},
+    {"query_global", nullptr, "global query descriptor .npy (default: channel means)"},
+    {"db_global", nullptr, "global database descriptors .npy (default: channel means)"},
+};
+
+void usage(FILE* out, const char* prog) {
+  std::fprintf(out, "usage: %s [--flag=value ...]\n"
+               "Times flat exact, shift-sum exact and hierarchical patch search; prints agreement with exact.\n\n",
+               prog);
+  for (const Flag& f : kFlags) {
+    const std::string name = std::string("--") + f.name + "=" + (f.fallback ? f.fallback : "PATH");
+    std::fprintf(out, "  %-22s %s\n", name.c_str(), f.help);
+  }
+}
+
+// Parses --name=value arguments into opt (defaults first). Returns false after printing the problem.
+bool parse_args(int argc, char** argv, std::map<std::string, std::string>& opt) {
+  for (const Flag& f : kFlags)
+    if (f.fallback) opt[f.name] = f.fallback;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto eq = a.find('=');
+    const std::string name = a.rfind("--", 0) == 0 ? a.substr(2, eq == std::string::npos ? std::string::npos : eq - 2) : "";
+    bool known = false;
+    for (const Flag& f : kFlags) known |= name == f.name;
+    if (!known || eq == std::string::npos) {
+      std::fprintf(stderr, "compnn_bench: %s: %s (--help lists the flags)\n", a.c_str(),
+                   known ? "expected --flag=value" : "unknown flag");
+      return false;
+    }
+    opt[name] = a.substr(eq + 1);
+  }
+  return true;
+}
+
+// Integer value of flag `name`; throws naming the flag when it is not a whole base-10 integer.
+int64_t int_flag(const std::map<std::string, std::string>& opt, const char* name) {
+  const std::string& v = opt.at(name);
+  errno = 0;
+  char* end = nullptr;
+  const long long x = v.empty() ? 0 : std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno == ERANGE)
+    throw std::invalid_argument(std::string("--") + name + "=" + v + ": expected an integer");
+  return x;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> opt{{"h", "128"},        {"w", "128"},       {"c", "128"},
-                                         {"kernel", "4"},     {"n", "4"},         {"threads", "2"},
-                                         {"flat_rows", "8"},  {"flat_db", "1"},   {"shortlist", "4"},
-                                         {"coarse_factor", "4"}, {"coarse_kernel", "1"}, {"coarse_k", "8"},
-                                         {"margin", "1"},     {"seed", "0"}};
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    const auto eq = a.find('=');
-    if (a.rfind("--", 0) != 0 || eq == std::string::npos) {
-      std::fprintf(stderr, "usage: %s --flag=value ... (see the source header)\n", argv[0]);
-      return 2;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+      usage(stdout, argv[0]);
+      return 0;
     }
-    opt[a.substr(2, eq - 2)] = a.substr(eq + 1);
+  std::map<std::string, std::string> opt;
+  if (!parse_args(argc, argv, opt)) return 2;
+  auto I = [&](const char* k) { return int_flag(opt, k); };
+  // Malformed numbers are usage errors (exit 2), named by their flag, before any work starts.
+  try {
+    for (const Flag& f : kFlags)
+      if (f.fallback) I(f.name);
+    for (const char* f : {"h", "w", "c", "n", "coarse_factor", "flat_rows", "flat_db"})
+      if (I(f) < 1) throw std::invalid_argument(std::string("--") + f + "=" + opt[f] + ": must be >= 1");
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "compnn_bench: %s\n", e.what());
+    return 2;
   }
-  auto I = [&](const char* k) { return static_cast<int64_t>(std::stoll(opt.at(k))); };
   try {
     if (opt.count("blas") && !cnn_core::set_blas_library(opt["blas"]))
       throw std::runtime_error("--blas=" + opt["blas"] + ": no OpenBLAS cblas_sgemm found there");
@@ -143,12 +212,18 @@ int main(int argc, char** argv) {
     qg = opt.count("query_global") ? from_npy(opt["query_global"]) : pooled(q.t, 1, true);
     dbg = opt.count("db_global") ? from_npy(opt["db_global"]) : pooled(db.t, 1, true);
 
+    if (q.t.shape.size() != 3 || db.t.shape.size() != 4)
+      throw std::invalid_argument("--query must be (H, W, C) and --database (N, H, W, C)");
+    if (have_labels && (labels.descr != "|u1" || labels.shape.size() != 3 || labels.shape[0] != db.t.shape[0] ||
+                        labels.shape[1] != db.t.shape[1] || labels.shape[2] != db.t.shape[2]))
+      throw std::invalid_argument("--labels=" + opt["labels"] + ": expected uint8 (N, H, W) like --database");
     const int64_t H = q.t.shape[0], W = q.t.shape[1], C = q.t.shape[2], N = db.t.shape[0];
-    const int K = static_cast<int>(I("kernel")), threads = static_cast<int>(I("threads"));
-    const int64_t D = int64_t(K) * K * C, M = db.t.shape[1] * db.t.shape[2];
-    std::printf("%s\nquery %lldx%lld, C=%lld, K=%d (D=%lld), database N=%lld of %lldx%lld, threads=%d\n",
-                cnn_core::build_info().c_str(), (long long)H, (long long)W, (long long)C, K, (long long)D,
-                (long long)N, (long long)db.t.shape[1], (long long)db.t.shape[2], threads);
+    const int64_t K = I("kernel"), threads = I("threads");
+    const int64_t D = K * K * C, M = db.t.shape[1] * db.t.shape[2];
+    std::printf("%s\nquery %lldx%lld, C=%lld, K=%lld (D=%lld), database N=%lld of %lldx%lld, threads=%lld\n",
+                cnn_core::build_info().c_str(), (long long)H, (long long)W, (long long)C, (long long)K,
+                (long long)D, (long long)N, (long long)db.t.shape[1], (long long)db.t.shape[2],
+                (long long)threads);
 
     // Flat exact on the first flat_rows query rows against the first flat_db images, extrapolated.
     const int64_t fr = std::min(I("flat_rows"), H), fdb = std::min(I("flat_db"), N);
@@ -183,18 +258,18 @@ int main(int argc, char** argv) {
 
     cnn_core::HierarchicalParams p;
     p.kernel_fine = K;
-    p.kernel_coarse = static_cast<int>(I("coarse_kernel"));
+    p.kernel_coarse = I("coarse_kernel");
     p.shortlist = std::min(I("shortlist"), N);
     p.coarse_k = I("coarse_k");
-    p.margin = static_cast<int>(I("margin"));
+    p.margin = I("margin");
     p.threads = threads;
     t0 = now();
     const auto hier = cnn_core::hierarchical(q.t, db.t, qc.t, dbc.t, qg.t, dbg.t, {}, p);
     const double t_hier = now() - t0;
     agreement(exact, hier, H, have_labels ? &labels : nullptr, &same, &same_lab);
-    std::printf("hierarchical    : %.3f s per query image (S=%lld, coarse_k=%lld, margin=%d), %.1fx faster than exact;"
+    std::printf("hierarchical    : %.3f s per query image (S=%lld, coarse_k=%lld, margin=%lld), %.1fx faster than exact;"
                 " top-1 same match %.4f",
-                t_hier, (long long)p.shortlist, (long long)p.coarse_k, p.margin, t_exact / t_hier, same);
+                t_hier, (long long)p.shortlist, (long long)p.coarse_k, (long long)p.margin, t_exact / t_hier, same);
     if (have_labels) std::printf(", same label %.4f", same_lab);
     std::printf("\n");
   } catch (const std::exception& e) {

@@ -87,6 +87,11 @@ std::string build_info() {
   return s;
 }
 
+int max_threads() {
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  return static_cast<int>(std::min<int64_t>(4 * hw, 256));
+}
+
 namespace {
 // Block shapes are constants, never derived from the thread count: every similarity is then computed
 // by the same GEMM call whatever the number of threads, so results are bit-identical.
@@ -95,56 +100,76 @@ constexpr int64_t kDbBlock = 2048;
 constexpr int64_t kDbChunk = 8 * kDbBlock;
 }  // namespace
 
-void exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows_in,
-                int k, int threads, int64_t* out_index, float* out_sim) {
-  using namespace detail;
-  if (queries.shape.size() != 2 || database.shape.size() != 2)
-    throw std::invalid_argument("exact_topk: queries and database must be 2-D (rows, dims)");
+namespace detail {
+
+Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows_in,
+                      int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names) {
+  check_tensor(queries, names.query, 2);
+  check_tensor(database, names.database, 2);
   const int64_t Q = queries.shape[0], D = queries.shape[1];
   if (database.shape[1] != D)
-    throw std::invalid_argument("database: dimension " + std::to_string(database.shape[1]) +
-                                " does not match queries' " + std::to_string(D));
-  const std::vector<int64_t> rows = resolve_rows(rows_in, database.shape[0], "rows");
+    fail(std::string(names.database) + ": " + std::to_string(database.shape[1]) + " dims do not match " +
+         names.query + "' " + std::to_string(D));
+  const std::vector<int64_t> rows = resolve_rows(rows_in, database.shape[0], names.database);
+  if (D == 0) fail(std::string(names.query) + ": have 0 dims");
   const int64_t M = static_cast<int64_t>(rows.size());
-  if (k < 1 || k > M) throw std::invalid_argument("k must be in [1, " + std::to_string(M) + "]");
-  if (Q == 0) return;
+  const int64_t k = check_range(names.k, k_in, 1, M);
+  check_threads(threads);
+  Neighbours out;
+  out.rows = Q;
+  out.k = k;
+  if (Q == 0) return out;
 
   const int64_t qblocks = (Q + kQueryBlock - 1) / kQueryBlock;
   const int64_t dchunks = (M + kDbChunk - 1) / kDbChunk;
   const int nw = workers_for(threads, qblocks * dchunks);
 
-  // One pass over the searched rows: inverse norms and the finiteness check, done once rather than
-  // once per query block.
+  // One pass over the searched rows: finiteness, scale exponent and inverse norm of each row (of the
+  // scaled row), done once rather than once per query block.
   std::vector<float> dinv_all(M);
-  parallel_units(dchunks, nw, [&](int64_t dc, int) {
+  std::vector<int16_t> dexp(M);
+  parallel_units(dchunks, nw, cancel, [&](int64_t dc, int) {
     std::vector<float> row(D);
     for (int64_t j = dc * kDbChunk; j < std::min(M, (dc + 1) * kDbChunk); ++j) {
       load_f32(database, rows[j] * D, D, row.data());
-      require_finite(row.data(), D, "database");
+      require_finite(row.data(), D, names.database);
+      dexp[j] = static_cast<int16_t>(normalise(row.data(), D));
       dinv_all[j] = inv_norm(Eigen::Map<const Eigen::VectorXf>(row.data(), D).cast<double>().squaredNorm());
     }
   });
-  // float32 rows searched in store order are multiplied in place, without a copy.
-  bool in_place = database.dtype == DType::F32;
-  for (int64_t j = 0; in_place && j < M; ++j) in_place = rows[j] == rows[0] + j;
+  // float32 rows searched in store order, none of them rescaled, are multiplied in place, without a copy.
+  bool contiguous = database.dtype == DType::F32;
+  for (int64_t j = 0; contiguous && j < M; ++j) contiguous = rows[j] == rows[0] + j;
   const float* db32 = static_cast<const float*>(database.data);
 
   std::vector<TopK> best(nw, TopK(Q, k));
-  parallel_units(qblocks * dchunks, nw, [&](int64_t unit, int w) {
+  parallel_units(qblocks * dchunks, nw, cancel, [&](int64_t unit, int w) {
     const int64_t qb = unit / dchunks, dc = unit % dchunks;
     const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, Q - q0);
-    RowMat qm(nq, D), dm(in_place ? 0 : kDbBlock, D), sims(nq, kDbBlock);
+    RowMat qm(nq, D), dm, sims(nq, kDbBlock);
     load_f32(queries, q0 * D, nq * D, qm.data());
-    require_finite(qm.data(), nq * D, "queries");
+    require_finite(qm.data(), nq * D, names.query);
     std::vector<float> qinv(nq);
-    for (int64_t i = 0; i < nq; ++i) qinv[i] = inv_norm(qm.row(i).cast<double>().squaredNorm());
+    for (int64_t i = 0; i < nq; ++i) {
+      normalise(qm.row(i).data(), D);
+      qinv[i] = inv_norm(qm.row(i).cast<double>().squaredNorm());
+    }
     TopK& top = best[w];
     const int64_t m_end = std::min(M, (dc + 1) * kDbChunk);
     for (int64_t m0 = dc * kDbChunk; m0 < m_end; m0 += kDbBlock) {
       const int64_t nm = std::min(kDbBlock, m_end - m0);
-      const float* dptr = in_place ? db32 + (rows[0] + m0) * D : dm.data();
-      if (!in_place)
-        for (int64_t j = 0; j < nm; ++j) load_f32(database, rows[m0 + j] * D, D, dm.data() + j * D);
+      bool in_place = contiguous;
+      for (int64_t j = 0; in_place && j < nm; ++j) in_place = dexp[m0 + j] == 0;
+      const float* dptr = db32 + (contiguous ? (rows[0] + m0) * D : 0);
+      if (!in_place) {
+        dm.resize(kDbBlock, D);
+        for (int64_t j = 0; j < nm; ++j) {
+          float* dst = dm.data() + j * D;
+          load_f32(database, rows[m0 + j] * D, D, dst);
+          scale_pow2(dst, D, dexp[m0 + j]);
+        }
+        dptr = dm.data();
+      }
       const float* dinv = dinv_all.data() + m0;
       gemm_nt(qm.data(), nq, D, dptr, nm, D, D, sims.data(), sims.cols());
       for (int64_t i = 0; i < nq; ++i) {
@@ -163,8 +188,38 @@ void exact_topk(const Tensor& queries, const Tensor& database, const std::vector
     }
   });
   for (int w = 1; w < nw; ++w) best[0].merge(best[w]);
-  std::copy(best[0].idx.begin(), best[0].idx.end(), out_index);
-  std::copy(best[0].sim.begin(), best[0].sim.end(), out_sim);
+  best[0].finish();
+  out.index = std::move(best[0].idx);
+  out.similarity = std::move(best[0].sim);
+  return out;
+}
+
+Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
+                       int64_t threads, const Cancel& cancel, const Names& names) {
+  check_tensor(query, names.query, kAnyNdim);
+  check_tensor(database, names.database, kAnyNdim, 1);
+  const int64_t N = database.shape[0];
+  std::vector<int64_t> row_shape(database.shape.begin() + 1, database.shape.end());
+  Tensor rs{nullptr, DType::F32, row_shape};
+  if (rs.size() != query.size() || (N > 0 && query.size() == 0))
+    fail(std::string(names.database) + ": rows of shape " + shape_str(row_shape) + " do not match " + names.query +
+         " of shape " + shape_str(query.shape));
+  Tensor q = query, d = database;
+  q.shape = {1, query.size()};
+  d.shape = {N, rs.size()};
+  return exact_topk(q, d, rows, S, threads, cancel, names);
+}
+
+}  // namespace detail
+
+Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
+                      int64_t threads, const Cancel& cancel) {
+  return detail::exact_topk(queries, database, rows, k, threads, cancel, {"queries", "database", "k"});
+}
+
+Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
+                       int64_t threads, const Cancel& cancel) {
+  return detail::global_topk(query, database, rows, S, threads, cancel, {"query", "database", "S"});
 }
 
 }  // namespace cnn_core

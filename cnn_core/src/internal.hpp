@@ -1,9 +1,10 @@
 // Internal helpers shared by the searches: streaming top-k lists, a deterministic parallel loop,
-// float16 conversion of rows, padded-map gathering and argument checks.
+// float16 conversion of rows, power-of-two rescaling, padded-map gathering and the argument checks.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -12,7 +13,9 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cnn_core/matcher.hpp"
@@ -21,27 +24,129 @@ namespace cnn_core::detail {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// ---- argument checks: every message starts with the argument's name -------------------------------
+
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+// Python tuple notation, so messages read the same as numpy's shapes: (3,), (4, 5), ().
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+inline int64_t check_range(const char* name, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi)
+    fail(std::string(name) + ": " + std::to_string(v) + " outside [" + std::to_string(lo) + ", " +
+         std::to_string(hi) + "]");
+  return v;
+}
+
+// `t` must have exactly `ndim` dimensions (any number >= min_ndim when ndim < 0).
+inline void check_tensor(const Tensor& t, const char* name, int ndim, int min_ndim = 0) {
+  const int nd = static_cast<int>(t.shape.size());
+  if (ndim >= 0 && nd != ndim)
+    fail(std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got shape " + shape_str(t.shape));
+  if (ndim < 0 && nd < min_ndim)
+    fail(std::string(name) + ": expected at least " + std::to_string(min_ndim) + " dimensions, got shape " +
+         shape_str(t.shape));
+  for (int64_t s : t.shape)
+    if (s < 0) fail(std::string(name) + ": negative dimension in shape " + shape_str(t.shape));
+  if (t.data == nullptr && t.size() > 0) fail(std::string(name) + ": no data");
+}
+
+constexpr int kAnyNdim = -1;
+
+// Store rows to search: all n when `rows` is empty, else `rows` (in range, no duplicates).
+inline std::vector<int64_t> resolve_rows(const std::vector<int64_t>& rows, int64_t n, const char* database) {
+  if (rows.empty()) {
+    if (n == 0) fail(std::string(database) + ": has no rows to search");
+    std::vector<int64_t> r(n);
+    for (int64_t i = 0; i < n; ++i) r[i] = i;
+    return r;
+  }
+  for (int64_t v : rows)
+    if (v < 0 || v >= n)
+      fail("rows: row " + std::to_string(v) + " outside [0, " + std::to_string(n) + ")");
+  std::vector<int64_t> sorted = rows;
+  std::sort(sorted.begin(), sorted.end());
+  const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+  if (dup != sorted.end()) fail("rows: contains duplicates (row " + std::to_string(*dup) + ")");
+  return rows;
+}
+
+inline void require_finite(const float* v, int64_t n, const char* what) {
+  // An all-ones exponent marks NaN or Inf; integer OR-reduction vectorizes, a float sum would not.
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, v + i, 4);
+    bad |= static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
+  }
+  if (bad) fail(std::string(what) + ": contains NaN or Inf values");
+}
+
+// ---- top-k lists ----------------------------------------------------------------------------------
 
 // Total order of candidates: higher similarity first, then lower database index.
 inline bool better(float s1, int64_t i1, float s2, int64_t i2) {
   return s1 > s2 || (s1 == s2 && i1 < i2);
 }
 
-// k best (similarity, index) pairs for each of n queries, kept sorted best first. Merging lists is
-// order independent, which is what makes results identical for any split of the work.
+// k best (similarity, index) pairs for each of n queries. Up to kSortedMax a list kept sorted (cheapest
+// for small k); above, a binary heap whose root is the worst kept pair, so an insertion costs O(log k)
+// rather than O(k) (while a heap is not yet full, a new pair goes to the end and sifts up: O(1) on
+// average). Both hold exactly the k best pairs seen, and finish() sorts them best first: the result is
+// the same set whatever the order of insertions, which is what makes merging per-worker lists give
+// identical results for any split of the work. Empty slots hold (-inf, kNoIndex).
 struct TopK {
-  int64_t n = 0;
-  int k = 0;
+  static constexpr int64_t kSortedMax = 16;
+  int64_t n = 0, k = 0;
+  bool heap = false;
   std::vector<float> sim;
   std::vector<int64_t> idx;
+  std::vector<int64_t> count;  // heap mode: pairs held per query
   TopK() = default;
-  TopK(int64_t n_, int k_) : n(n_), k(k_), sim(n_ * k_, kNegInf), idx(n_ * k_, kNoIndex) {}
-  float threshold(int64_t q) const { return sim[q * k + k - 1]; }
+  TopK(int64_t n_, int64_t k_)
+      : n(n_), k(k_), heap(k_ > kSortedMax), sim(n_ * k_, kNegInf), idx(n_ * k_, kNoIndex), count(heap ? n_ : 0, 0) {}
+  // Candidates with similarity below this cannot enter query q's list.
+  float threshold(int64_t q) const {
+    if (heap) return count[q] < k ? kNegInf : sim[q * k];
+    return sim[q * k + k - 1];
+  }
   void insert(int64_t q, float s, int64_t i) {
     float* S = &sim[q * k];
     int64_t* I = &idx[q * k];
+    if (heap) {
+      int64_t p;
+      if (count[q] < k) {  // not full: add at the end and sift up past the parents better than it
+        p = count[q]++;
+        while (p > 0) {
+          const int64_t parent = (p - 1) / 2;
+          if (!better(S[parent], I[parent], s, i)) break;
+          S[p] = S[parent];
+          I[p] = I[parent];
+          p = parent;
+        }
+      } else {
+        if (!better(s, i, S[0], I[0])) return;
+        p = 0;  // replace the root (worst) and sift down, moving the worse child up while (s, i) beats it
+        for (int64_t c = 1; c < k; c = 2 * p + 1) {
+          if (c + 1 < k && better(S[c], I[c], S[c + 1], I[c + 1])) ++c;
+          if (!better(s, i, S[c], I[c])) break;
+          S[p] = S[c];
+          I[p] = I[c];
+          p = c;
+        }
+      }
+      S[p] = s;
+      I[p] = i;
+      return;
+    }
     if (!better(s, i, S[k - 1], I[k - 1])) return;
-    int p = k - 1;
+    int64_t p = k - 1;
     while (p > 0 && better(s, i, S[p - 1], I[p - 1])) {
       S[p] = S[p - 1];
       I[p] = I[p - 1];
@@ -51,55 +156,87 @@ struct TopK {
     I[p] = i;
   }
   void merge(const TopK& o) {
-    for (int64_t q = 0; q < n; ++q)
-      for (int j = 0; j < k; ++j) {
-        if (o.idx[q * k + j] == kNoIndex) break;
-        insert(q, o.sim[q * k + j], o.idx[q * k + j]);
-      }
+    for (int64_t e = 0; e < n * k; ++e)
+      if (o.idx[e] != kNoIndex) insert(e / k, o.sim[e], o.idx[e]);
+  }
+  // Sorts every list best first (the sorted lists already are); call once all insertions are done.
+  void finish() {
+    if (!heap) return;
+    std::vector<std::pair<float, int64_t>> row(k);
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t c = count[q];  // slots past c are still empty, and stay last
+      for (int64_t j = 0; j < c; ++j) row[j] = {sim[q * k + j], idx[q * k + j]};
+      std::sort(row.begin(), row.begin() + c, [](const auto& a, const auto& b) {
+        return better(a.first, a.second, b.first, b.second);
+      });
+      for (int64_t j = 0; j < c; ++j) sim[q * k + j] = row[j].first, idx[q * k + j] = row[j].second;
+    }
+    heap = false;
   }
 };
 
-// Runs body(unit, worker) for unit in [0, units) on `threads` workers; each worker owns its state, so
-// the caller keeps one accumulator per worker and merges them. Rethrows the first exception.
+// ---- parallel loop --------------------------------------------------------------------------------
+
+// Test hook: when >= 0, at most this many threads besides the caller start, as if the OS refused the
+// rest (the C++ unit tests use it to exercise the fallback).
+inline std::atomic<int> g_test_thread_start_limit{-1};
+
+// Workers for `units` units of work: threads (checked by the caller) capped by max_threads() and units.
+inline int workers_for(int64_t threads, int64_t units) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, max_threads(), units})));
+}
+
+// Runs body(unit, worker) for unit in [0, units) on up to `workers` threads: the calling thread is worker
+// 0 and starts the others. Each worker owns its state (the caller keeps one accumulator per worker and
+// merges them), units are fixed-shape, so results do not depend on which worker ran what: when starting
+// a thread fails, the units simply go to the workers that exist. The calling thread polls `cancel`
+// between its units (at most every 100 ms) and throws Cancelled when it says so; the first exception of
+// any worker stops the others after their current unit and is rethrown.
 template <class Body>
-void parallel_units(int64_t units, int threads, Body&& body) {
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units)));
+void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& body) {
+  workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(workers, units)));
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;
-  auto worker = [&](int w) {
+  auto run = [&](int w, bool poll) {
     try {
-      for (int64_t u; (u = next.fetch_add(1)) < units;) body(u, w);
+      auto last = std::chrono::steady_clock::now();
+      for (int64_t u; (u = next.fetch_add(1)) < units;) {
+        body(u, w);
+        if (poll) {
+          const auto now = std::chrono::steady_clock::now();
+          if (now - last >= std::chrono::milliseconds(100)) {
+            last = now;
+            if (cancel()) throw Cancelled();
+          }
+        }
+      }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
       next.store(units);
     }
   };
-  if (threads == 1) {
-    worker(0);
-  } else {
-    std::vector<std::thread> pool;
-    for (int w = 0; w < threads; ++w) pool.emplace_back(worker, w);
-    for (auto& t : pool) t.join();
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  const int limit = g_test_thread_start_limit.load();
+  for (int w = 1; w < workers && (limit < 0 || w <= limit); ++w) {
+    try {
+      pool.emplace_back(run, w, false);
+    } catch (const std::system_error&) {
+      break;  // the OS is out of threads: go on with those that started
+    }
   }
+  run(0, static_cast<bool>(cancel));
+  for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }
 
-inline int workers_for(int threads, int64_t units) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units)));
-}
+// ---- data access ----------------------------------------------------------------------------------
 
 // C (m×n) = A (m×k) · B (n×k)ᵀ, row-major with leading dimensions; Eigen or the loaded BLAS.
 void gemm_nt(const float* a, int64_t m, int64_t lda, const float* b, int64_t n, int64_t ldb, int64_t k, float* c,
              int64_t ldc);
-
-// Zero-padded float32 copy of map `offset` (h, w, c) for a K-wide 'SAME' window: rows
-// [y0 - a, y0 + rows + K-1 - a) × cols [x0 - a, x0 + cols + K-1 - a), a = (K-1)/2; checks finiteness.
-void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_t c, int kernel, int64_t y0,
-                   int64_t rows, int64_t x0, int64_t cols, float* dst, const char* what);
-// Inverse patch norms of a padded (rows+K-1, cols+K-1, c) block: box filter of squared pixel norms.
-void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c, int kernel, float* out);
 
 // Copies n values starting at element `offset` of t into dst as float32.
 inline void load_f32(const Tensor& t, int64_t offset, int64_t n, float* dst) {
@@ -111,35 +248,74 @@ inline void load_f32(const Tensor& t, int64_t offset, int64_t n, float* dst) {
   }
 }
 
-inline void require_finite(const float* v, int64_t n, const char* what) {
-  // An all-ones exponent marks NaN or Inf; integer OR-reduction vectorizes, a float sum would not.
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t b;
-    std::memcpy(&b, v + i, 4);
-    bad |= static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
-  }
-  if (bad)
-    throw std::invalid_argument(std::string(what) + " contains NaN or Inf values");
+// Power-of-two rescaling. Float32 dot products overflow once |a|·|b|·D nears FLT_MAX (|x| ~ 1e19) and
+// lose their terms to underflow below ~1e-19 per factor; cosine does not change when a whole vector is
+// scaled, so vectors whose largest |value| m lies outside [2^-40, 2^40] are multiplied by 2^-e, bringing
+// m into [0.5, 1). Inside that range e = 0 and nothing changes (products stay within 2^±80, far from
+// float32 limits), and a power of two only shifts exponents, so scaled results round like unscaled ones.
+inline int safe_exponent(float m) {
+  if (m == 0.f || (m >= 0x1p-40f && m <= 0x1p40f)) return 0;
+  int e;
+  std::frexp(m, &e);
+  return e;
+}
+
+inline float max_abs(const float* v, int64_t n) {
+  float m = 0.f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(v[i]));
+  return m;
+}
+
+// v *= 2^-e. The factor is applied in double: 2^-e itself may lie outside float32's normal range.
+inline void scale_pow2(float* v, int64_t n, int e) {
+  if (e == 0) return;
+  const double s = std::ldexp(1.0, -e);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(v[i] * s);
+}
+
+// Scales v to the safe range (see safe_exponent) and returns the exponent used.
+inline int normalise(float* v, int64_t n) {
+  const int e = safe_exponent(max_abs(v, n));
+  scale_pow2(v, n, e);
+  return e;
 }
 
 // 1/||v|| from a squared norm; zero (and denormal-small) vectors get 0 so their similarity is 0.
 inline float inv_norm(double sq) { return sq > 1e-60 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.f; }
 
-inline std::vector<int64_t> resolve_rows(const std::vector<int64_t>& rows, int64_t n, const char* what) {
-  std::vector<int64_t> r = rows;
-  if (r.empty()) {
-    r.resize(n);
-    for (int64_t i = 0; i < n; ++i) r[i] = i;
-  }
-  for (int64_t v : r)
-    if (v < 0 || v >= n)
-      throw std::invalid_argument(std::string(what) + ": row " + std::to_string(v) + " outside [0, " +
-                                  std::to_string(n) + ")");
-  return r;
-}
-
 // Window offsets of a K-wide 'SAME' kernel: -(K-1)/2 .. K/2.
-inline int pad_before(int kernel) { return (kernel - 1) / 2; }
+inline int64_t pad_before(int64_t kernel) { return (kernel - 1) / 2; }
+
+// Zero-padded float32 copy of map `offset` (h, w, c) for a K-wide 'SAME' window: rows
+// [y0 - a, y0 + rows + K-1 - a) × cols [x0 - a, x0 + cols + K-1 - a), a = (K-1)/2; checks finiteness.
+void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t y0,
+                   int64_t rows, int64_t x0, int64_t cols, float* dst, const char* what);
+// Inverse patch norms of a padded (rows+K-1, cols+K-1, c) block: box filter of squared pixel norms.
+void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c, int64_t kernel, float* out);
+
+// ---- searches with the argument names of their caller ---------------------------------------------
+
+// Argument names for messages: hierarchical's stages report "query_coarse", "db_global", "shortlist"...
+struct Names {
+  const char* query;
+  const char* database;
+  const char* k;
+  const char* kernel = "kernel";
+};
+
+Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
+                      int64_t threads, const Cancel& cancel, const Names& names);
+Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
+                       int64_t threads, const Cancel& cancel, const Names& names);
+PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names);
+
+struct MapDims {
+  int64_t n, h, w, c;
+};
+// Query (H, W, C) and database (N, H', W', C) maps: dimensions, channels.
+MapDims check_maps(const Tensor& query, const Tensor& database, const Names& names);
+
+inline int64_t check_threads(int64_t threads) { return check_range("threads", threads, 1, kInt32Max); }
 
 }  // namespace cnn_core::detail

@@ -11,9 +11,9 @@ namespace cnn_core {
 namespace detail {
 // Zero-padded float32 copy of map `offset` (h, w, c): padded size (h+K-1, w+K-1), origin at
 // (-(K-1)/2, -(K-1)/2), covering rows [y0 - a, y0 + rows + K-1 - a) and cols [x0 - a, ...).
-void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_t c, int kernel, int64_t y0,
+void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_t c, int64_t kernel, int64_t y0,
                    int64_t rows, int64_t x0, int64_t cols, float* dst, const char* what) {
-  const int a = pad_before(kernel);
+  const int64_t a = pad_before(kernel);
   const int64_t pr = rows + kernel - 1, pc = cols + kernel - 1;
   std::fill(dst, dst + pr * pc * c, 0.f);
   for (int64_t i = 0; i < pr; ++i) {
@@ -28,7 +28,7 @@ void gather_padded(const Tensor& t, int64_t offset, int64_t h, int64_t w, int64_
 }
 
 // Inverse patch norms of a padded (rows+K-1, cols+K-1, c) block: box filter of squared pixel norms.
-void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c, int kernel, float* out) {
+void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c, int64_t kernel, float* out) {
   const int64_t pc = cols + kernel - 1, pr = rows + kernel - 1;
   std::vector<double> sq(pr * pc);
   for (int64_t i = 0; i < pr * pc; ++i) {
@@ -39,10 +39,20 @@ void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c,
   for (int64_t y = 0; y < rows; ++y)
     for (int64_t x = 0; x < cols; ++x) {
       double s = 0;
-      for (int dy = 0; dy < kernel; ++dy)
-        for (int dx = 0; dx < kernel; ++dx) s += sq[(y + dy) * pc + x + dx];
+      for (int64_t dy = 0; dy < kernel; ++dy)
+        for (int64_t dx = 0; dx < kernel; ++dx) s += sq[(y + dy) * pc + x + dx];
       out[y * cols + x] = inv_norm(s);
     }
+}
+
+MapDims check_maps(const Tensor& query, const Tensor& database, const Names& names) {
+  check_tensor(query, names.query, 3);
+  check_tensor(database, names.database, 4);
+  if (database.shape[3] != query.shape[2])
+    fail(std::string(names.database) + ": " + std::to_string(database.shape[3]) + " channels do not match " +
+         names.query + "'s " + std::to_string(query.shape[2]));
+  if (query.shape[2] == 0) fail(std::string(names.query) + ": has no channels");
+  return {database.shape[0], database.shape[1], database.shape[2], database.shape[3]};
 }
 
 }  // namespace detail
@@ -59,22 +69,9 @@ constexpr int64_t kTileY = 32, kTileX = 64, kQueryBand = 64;
 // Padded query rows multiplied per GEMM call: amortises packing the tile over several rows.
 constexpr int64_t kRowsPerGemm = 4;
 
-struct MapDims {
-  int64_t n, h, w, c;
-};
-
-MapDims check_maps(const Tensor& query, const Tensor& database, int kernel, int k) {
-  if (query.shape.size() != 3) throw std::invalid_argument("query must be (H, W, C)");
-  if (database.shape.size() != 4) throw std::invalid_argument("database must be (N, H, W, C)");
-  if (database.shape[3] != query.shape[2])
-    throw std::invalid_argument("database: channels " + std::to_string(database.shape[3]) +
-                                " do not match query's " + std::to_string(query.shape[2]));
-  if (kernel < 1) throw std::invalid_argument("kernel must be >= 1");
-  if (k < 1) throw std::invalid_argument("k must be >= 1");
-  return {database.shape[0], database.shape[1], database.shape[2], database.shape[3]};
-}
-
-PatchMatches to_matches(const detail::TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw) {
+// Sorts `top` and turns its store indices (row * dh * dw + y * dw + x) into (image, y, x).
+PatchMatches to_matches(detail::TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw) {
+  top.finish();
   PatchMatches m;
   m.h = h;
   m.w = w;
@@ -99,20 +96,45 @@ PatchMatches to_matches(const detail::TopK& top, int64_t h, int64_t w, int64_t d
 
 }  // namespace
 
-PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
-                        int kernel, int k, int threads) {
-  using namespace detail;
-  const MapDims db = check_maps(query, database, kernel, k);
-  const int64_t H = query.shape[0], W = query.shape[1], C = db.c;
-  const std::vector<int64_t> rows = resolve_rows(rows_in, db.n, "rows");
-  const int64_t R = static_cast<int64_t>(rows.size());
-  if (k > R * db.h * db.w) throw std::invalid_argument("k exceeds the number of database positions");
-  if (H * W == 0) return to_matches(TopK(0, k), H, W, db.h, db.w);
+namespace detail {
 
-  const int K = kernel;
+// Patch searches check the same arguments: maps, kernel, rows, k (<= searched positions), threads.
+struct PatchArgs {
+  MapDims db;
+  std::vector<int64_t> rows;
+  int64_t kernel, k;
+};
+
+PatchArgs check_patch_args(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
+                           int64_t kernel, int64_t k, int64_t threads, const Names& names) {
+  PatchArgs a;
+  a.db = check_maps(query, database, names);
+  a.kernel = check_range(names.kernel, kernel, 1, kMaxKernel);
+  a.rows = resolve_rows(rows_in, a.db.n, names.database);
+  const int64_t positions = static_cast<int64_t>(a.rows.size()) * a.db.h * a.db.w;
+  if (positions == 0) fail(std::string(names.database) + ": has no positions to search");
+  a.k = check_range(names.k, k, 1, positions);
+  check_threads(threads);
+  return a;
+}
+
+PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
+                        int64_t kernel, int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names) {
+  const PatchArgs args = check_patch_args(query, database, rows_in, kernel, k_in, threads, names);
+  const MapDims& db = args.db;
+  const std::vector<int64_t>& rows = args.rows;
+  const int64_t k = args.k, K = args.kernel;
+  const int64_t H = query.shape[0], W = query.shape[1], C = db.c;
+  const int64_t R = static_cast<int64_t>(rows.size());
+  if (H * W == 0) {
+    TopK none(0, k);
+    return to_matches(none, H, W, db.h, db.w);
+  }
+
   const int64_t Hp = H + K - 1, Wp = W + K - 1;
   std::vector<float> qpad(Hp * Wp * C), qinv(H * W);
-  gather_padded(query, 0, H, W, C, K, 0, H, 0, W, qpad.data(), "query");
+  gather_padded(query, 0, H, W, C, K, 0, H, 0, W, qpad.data(), names.query);
+  normalise(qpad.data(), Hp * Wp * C);  // one factor for the whole map: patch cosines are unchanged
   patch_inv_norms(qpad.data(), H, W, C, K, qinv.data());
 
   const int64_t tiles_y = (db.h + kTileY - 1) / kTileY, tiles_x = (db.w + kTileX - 1) / kTileX;
@@ -122,7 +144,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
   std::vector<TopK> best(nw, TopK(H * W, k));
   const int64_t plane = db.h * db.w;
 
-  parallel_units(units, nw, [&](int64_t unit, int wk) {
+  parallel_units(units, nw, cancel, [&](int64_t unit, int wk) {
     const int64_t r = rows[unit / per_row];
     int64_t rest = unit % per_row;
     const int64_t band = rest % bands;
@@ -132,7 +154,8 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     const int64_t TYp = TYv + K - 1, TXp = TXv + K - 1, Mtp = TYp * TXp;
 
     RowMat tile(Mtp, C);
-    gather_padded(database, r * plane * C, db.h, db.w, C, K, ty0, TYv, tx0, TXv, tile.data(), "database");
+    gather_padded(database, r * plane * C, db.h, db.w, C, K, ty0, TYv, tx0, TXv, tile.data(), names.database);
+    normalise(tile.data(), Mtp * C);  // one factor per tile: every patch in it scales alike
     std::vector<float> dinv(TYv * TXv);
     patch_inv_norms(tile.data(), TYv, TXv, C, K, dinv.data());
 
@@ -155,7 +178,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
       for (int64_t x = 0; x < W; ++x) {
         float* hx = slot + x * hsz;
         std::fill(hx, hx + hsz, 0.f);
-        for (int dx = 0; dx < K; ++dx) {
+        for (int64_t dx = 0; dx < K; ++dx) {
           const float* p = prod.data() + (g * Wp + x + dx) * Mtp + dx;
           for (int64_t ty = 0; ty < TYp; ++ty) {
             float* __restrict dst = hx + ty * TXv;
@@ -168,7 +191,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
       if (y < y0) continue;
       for (int64_t x = 0; x < W; ++x) {
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int dy = 0; dy < K; ++dy) {
+        for (int64_t dy = 0; dy < K; ++dy) {
           const float* __restrict src = ring[(y + dy) % K].data() + x * hsz + dy * TXv;
           float* __restrict dst = acc.data();
           for (int64_t j = 0; j < TYv * TXv; ++j) dst[j] += src[j];
@@ -196,15 +219,13 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
 }
 
 PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
-                             int kernel, int k, int threads) {
-  using namespace detail;
-  const MapDims db = check_maps(query, database, kernel, k);
-  const int64_t H = query.shape[0], W = query.shape[1], C = db.c;
-  const std::vector<int64_t> rows = resolve_rows(rows_in, db.n, "rows");
-  const int64_t R = static_cast<int64_t>(rows.size()), plane = db.h * db.w;
-  if (k > R * plane) throw std::invalid_argument("k exceeds the number of database positions");
-  const int K = kernel;
-  const int64_t D = static_cast<int64_t>(K) * K * C;
+                             int64_t kernel, int64_t k_in, int64_t threads, const Cancel& cancel,
+                             const Names& names) {
+  const PatchArgs args = check_patch_args(query, database, rows_in, kernel, k_in, threads, names);
+  const MapDims& db = args.db;
+  const int64_t k = args.k, K = args.kernel;
+  const int64_t H = query.shape[0], W = query.shape[1], C = db.c, plane = db.h * db.w;
+  const int64_t D = K * K * C;
 
   // Flattened descriptors in (dy, dx, c) order from a padded copy of a whole map.
   auto flatten = [&](const Tensor& t, int64_t offset, int64_t h, int64_t w, const char* what) {
@@ -213,25 +234,37 @@ PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const 
     const int64_t pw = w + K - 1;
     for (int64_t y = 0; y < h; ++y)
       for (int64_t x = 0; x < w; ++x)
-        for (int dy = 0; dy < K; ++dy)
-          for (int dx = 0; dx < K; ++dx)
+        for (int64_t dy = 0; dy < K; ++dy)
+          for (int64_t dx = 0; dx < K; ++dx)
             std::copy_n(pad.data() + ((y + dy) * pw + x + dx) * C, C,
                         out.data() + (y * w + x) * D + (dy * K + dx) * C);
     return out;
   };
-  const std::vector<float> qd = flatten(query, 0, H, W, "query");
+  const std::vector<float> qd = flatten(query, 0, H, W, names.query);
   TopK top(H * W, k);
-  const int kk = static_cast<int>(std::min<int64_t>(k, plane));
-  std::vector<int64_t> idx(H * W * kk);
-  std::vector<float> sim(H * W * kk);
-  for (int64_t r : rows) {
-    const std::vector<float> dd = flatten(database, r * plane * C, db.h, db.w, "database");
+  if (H * W == 0) return to_matches(top, H, W, db.h, db.w);
+  const int64_t kk = std::min(k, plane);
+  const Names inner{names.query, names.database, names.k};
+  for (int64_t r : args.rows) {
+    const std::vector<float> dd = flatten(database, r * plane * C, db.h, db.w, names.database);
     Tensor qt{qd.data(), DType::F32, {H * W, D}}, dt{dd.data(), DType::F32, {plane, D}};
-    exact_topk(qt, dt, {}, kk, threads, idx.data(), sim.data());
+    const Neighbours nb = exact_topk(qt, dt, {}, kk, threads, cancel, inner);
     for (int64_t q = 0; q < H * W; ++q)
-      for (int j = 0; j < kk; ++j) top.insert(q, sim[q * kk + j], r * plane + idx[q * kk + j]);
+      for (int64_t j = 0; j < kk; ++j) top.insert(q, nb.similarity[q * kk + j], r * plane + nb.index[q * kk + j]);
   }
   return to_matches(top, H, W, db.h, db.w);
+}
+
+}  // namespace detail
+
+PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel) {
+  return detail::patch_topk(query, database, rows, kernel, k, threads, cancel, {"query", "database", "k"});
+}
+
+PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                             int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel) {
+  return detail::patch_topk_flat(query, database, rows, kernel, k, threads, cancel, {"query", "database", "k"});
 }
 
 }  // namespace cnn_core

@@ -1,5 +1,7 @@
 // C++ unit tests of cnn_core against naive double-precision references (run by ctest, and by
 // tests/test_core_cpp.py under pytest). Prints "N passed, N failed" and exits non-zero on failure.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../src/internal.hpp"  // the thread-start test hook
 #include "cnn_core/matcher.hpp"
 
 using cnn_core::DType;
@@ -61,6 +64,23 @@ std::vector<double> patch(const std::vector<float>& maps, int64_t n, int64_t h, 
   return d;
 }
 
+// Whether fn throws std::invalid_argument whose message starts with `name`.
+bool throws_naming(const std::string& name, const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    const bool ok = std::string(e.what()).rfind(name, 0) == 0;
+    if (!ok) std::fprintf(stderr, "  message \"%s\" does not start with \"%s\"\n", e.what(), name.c_str());
+    return ok;
+  }
+  std::fprintf(stderr, "  no exception (expected one naming %s)\n", name.c_str());
+  return false;
+}
+
+bool same(const cnn_core::PatchMatches& a, const cnn_core::PatchMatches& b) {
+  return a.image == b.image && a.y == b.y && a.x == b.x && a.similarity == b.similarity;
+}
+
 void test_half() {
   const float vals[] = {0.f, -0.f, 1.f, -2.5f, 65504.f, 6.1035156e-05f, 5.9604645e-08f, 0.333251953125f};
   for (float v : vals) CHECK(cnn_core::half_to_float(cnn_core::float_to_half(v)) == v);
@@ -82,9 +102,10 @@ void test_exact() {
   for (int j = 0; j < D; ++j) q[8 * D + j] = 0.f;  // zero query: similarity 0, lowest index
   Tensor qt{q.data(), DType::F32, {Q, D}}, dt{d.data(), DType::F32, {M, D}};
   const int k = 3;
-  std::vector<int64_t> idx(Q * k), idx2(Q * k);
-  std::vector<float> sim(Q * k), sim2(Q * k);
-  cnn_core::exact_topk(qt, dt, {}, k, 1, idx.data(), sim.data());
+  const auto res = cnn_core::exact_topk(qt, dt, {}, k, 1);
+  const std::vector<int64_t>& idx = res.index;
+  const std::vector<float>& sim = res.similarity;
+  CHECK(res.rows == Q && res.k == k && idx.size() == size_t(Q * k));
   std::vector<std::vector<double>> db(M, std::vector<double>(D));
   for (int64_t m = 0; m < M; ++m)
     for (int j = 0; j < D; ++j) db[m][j] = d[m * D + j];
@@ -97,20 +118,14 @@ void test_exact() {
   CHECK(idx[7 * k] == 3 && idx[7 * k + 1] == 5);
   CHECK(idx[8 * k] == 0 && idx[8 * k + 1] == 1 && sim[8 * k] == 0.f);
   for (int threads : {2, 4}) {
-    cnn_core::exact_topk(qt, dt, {}, k, threads, idx2.data(), sim2.data());
-    CHECK(idx2 == idx && sim2 == sim);
+    const auto r2 = cnn_core::exact_topk(qt, dt, {}, k, threads);
+    CHECK(r2.index == idx && r2.similarity == sim);
   }
   // Restricting to rows reports store rows.
   std::vector<int64_t> rows{9, 3, 1000};
-  cnn_core::exact_topk(qt, dt, rows, 1, 2, idx2.data(), sim2.data());
-  for (int64_t i = 0; i < Q; ++i) CHECK(idx2[i] == 9 || idx2[i] == 3 || idx2[i] == 1000);
-  bool threw = false;
-  try {
-    cnn_core::exact_topk(qt, Tensor{d.data(), DType::F32, {M / 2, D + 1}}, {}, 1, 1, idx.data(), sim.data());
-  } catch (const std::invalid_argument&) {
-    threw = true;
-  }
-  CHECK(threw);
+  const auto r3 = cnn_core::exact_topk(qt, dt, rows, 1, 2);
+  for (int64_t i = 0; i < Q; ++i) CHECK(r3.index[i] == 9 || r3.index[i] == 3 || r3.index[i] == 1000);
+  CHECK(throws_naming("database", [&] { cnn_core::exact_topk(qt, Tensor{d.data(), DType::F32, {M / 2, D + 1}}, {}, 1, 1); }));
 }
 
 void test_patches() {
@@ -169,13 +184,173 @@ void test_patches() {
   CHECK(r32.image == r16.image && r32.y == r16.y && r32.x == r16.x && r32.similarity == r16.similarity);
   // NaN in the searched database is reported.
   d[3] = NAN;
-  bool threw = false;
-  try {
-    cnn_core::patch_topk(qt, Tensor{d.data(), DType::F32, {N, H, W, C}}, {}, 4, 1, 2);
-  } catch (const std::invalid_argument& e) {
-    threw = std::string(e.what()).find("database") != std::string::npos;
+  CHECK(throws_naming("database:", [&] { cnn_core::patch_topk(qt, Tensor{d.data(), DType::F32, {N, H, W, C}}, {}, 4, 1, 2); }));
+}
+
+// k above the sorted-list limit uses the heap: same results as the naive top-k, as small k's prefix,
+// and for any thread count.
+void test_large_k() {
+  std::mt19937 rng(3);
+  const int64_t Q = 3, M = 20000, D = 8, k = 4096;
+  auto q = random_relu(Q * D, rng), d = random_relu(M * D, rng);
+  for (int j = 0; j < D; ++j) d[777 * D + j] = d[5 * D + j];  // exact tie: 5 before 777
+  for (int j = 0; j < D; ++j) q[j] = d[5 * D + j];
+  Tensor qt{q.data(), DType::F32, {Q, D}}, dt{d.data(), DType::F32, {M, D}};
+  const auto big = cnn_core::exact_topk(qt, dt, {}, k, 1);
+  const auto small = cnn_core::exact_topk(qt, dt, {}, 16, 1);
+  for (int64_t i = 0; i < Q; ++i)
+    for (int j = 0; j < 16; ++j) {
+      CHECK(big.index[i * k + j] == small.index[i * 16 + j]);
+      CHECK(big.similarity[i * k + j] == small.similarity[i * 16 + j]);
+    }
+  CHECK(big.index[0] == 5 && big.index[1] == 777);
+  for (int64_t i = 0; i < Q; ++i) {
+    // naive: every similarity in double, sorted by (similarity desc, index asc)
+    std::vector<std::pair<double, int64_t>> all(M);
+    double qn = 0;
+    for (int j = 0; j < D; ++j) qn += double(q[i * D + j]) * q[i * D + j];
+    for (int64_t m = 0; m < M; ++m) {
+      double dot = 0, dn = 0;
+      for (int j = 0; j < D; ++j) dot += double(q[i * D + j]) * d[m * D + j], dn += double(d[m * D + j]) * d[m * D + j];
+      all[m] = {-(dn > 0 ? dot / std::sqrt(qn * dn) : 0.0), m};
+    }
+    std::sort(all.begin(), all.end());
+    for (int64_t j = 0; j < k; ++j) {
+      CHECK(std::abs(big.similarity[i * k + j] + all[j].first) < 1e-5);
+      if (j) CHECK(big.similarity[i * k + j] <= big.similarity[i * k + j - 1]);
+    }
   }
-  CHECK(threw);
+  const auto threaded = cnn_core::exact_topk(qt, dt, {}, k, 3);
+  CHECK(threaded.index == big.index && threaded.similarity == big.similarity);
+  // Patch search with a heap-sized k: identical for any thread count and agrees with the flat path.
+  const int64_t H = 5, W = 6, C = 3, N = 2, h = 40, w = 70;
+  auto pq = random_relu(H * W * C, rng), pd = random_relu(N * h * w * C, rng);
+  Tensor pqt{pq.data(), DType::F32, {H, W, C}}, pdt{pd.data(), DType::F32, {N, h, w, C}};
+  const auto a = cnn_core::patch_topk(pqt, pdt, {}, 3, 300, 1);
+  CHECK(same(a, cnn_core::patch_topk(pqt, pdt, {}, 3, 300, 4)));
+  const auto f = cnn_core::patch_topk_flat(pqt, pdt, {}, 3, 300, 2);
+  for (size_t i = 0; i < a.similarity.size(); ++i) CHECK(std::abs(a.similarity[i] - f.similarity[i]) < 1e-5);
+}
+
+// Thread counts: capped, never an abort, and a refused thread start changes nothing.
+void test_threads() {
+  std::mt19937 rng(4);
+  const int64_t H = 9, W = 8, C = 4, N = 6, h = 40, w = 70;
+  auto q = random_relu(H * W * C, rng), d = random_relu(N * h * w * C, rng);
+  Tensor qt{q.data(), DType::F32, {H, W, C}}, dt{d.data(), DType::F32, {N, h, w, C}};
+  const auto base = cnn_core::patch_topk(qt, dt, {}, 4, 2, 1);
+  CHECK(cnn_core::max_threads() >= 4 && cnn_core::max_threads() <= 256);
+  CHECK(same(base, cnn_core::patch_topk(qt, dt, {}, 4, 2, std::numeric_limits<int32_t>::max())));
+  for (int limit : {0, 1, 2}) {  // the OS "refuses" every thread past the limit
+    cnn_core::detail::g_test_thread_start_limit = limit;
+    CHECK(same(base, cnn_core::patch_topk(qt, dt, {}, 4, 2, 8)));
+    const auto e1 = cnn_core::exact_topk(Tensor{q.data(), DType::F32, {H * W, C}}, Tensor{d.data(), DType::F32, {N * h * w, C}}, {}, 3, 1);
+    const auto e8 = cnn_core::exact_topk(Tensor{q.data(), DType::F32, {H * W, C}}, Tensor{d.data(), DType::F32, {N * h * w, C}}, {}, 3, 8);
+    CHECK(e1.index == e8.index && e1.similarity == e8.similarity);
+  }
+  cnn_core::detail::g_test_thread_start_limit = -1;
+  CHECK(throws_naming("threads", [&] { cnn_core::patch_topk(qt, dt, {}, 4, 2, int64_t(1) << 31); }));
+  CHECK(throws_naming("threads", [&] { cnn_core::patch_topk(qt, dt, {}, 4, 2, 0); }));
+}
+
+// A search stops at the first poll whose cancel says so, throwing Cancelled, long before it would end.
+void test_cancel() {
+  std::mt19937 rng(5);
+  const int64_t H = 64, W = 64, C = 16, N = 40, h = 64, w = 64;
+  auto q = random_relu(H * W * C, rng), d = random_relu(N * h * w * C, rng);
+  Tensor qt{q.data(), DType::F32, {H, W, C}}, dt{d.data(), DType::F32, {N, h, w, C}};
+  int calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool cancelled = false;
+  try {
+    cnn_core::patch_topk(qt, dt, {}, 4, 1, 2, [&] { return ++calls >= 2; });
+  } catch (const cnn_core::Cancelled&) {
+    cancelled = true;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(cancelled && calls == 2);
+  const auto t1 = std::chrono::steady_clock::now();
+  cnn_core::patch_topk(qt, dt, {0, 1}, 4, 1, 2);  // 2 of 40 images
+  const double two = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  std::printf("cancel: stopped after %.3f s (whole search ~%.1f s)\n", secs, two * N / 2);
+  CHECK(secs < two * N / 4);
+}
+
+// Cosine ignores scale: results of x * 1e30 or x * 1e-30 (float32 would overflow / underflow the
+// dot products) equal those of x.
+void test_scale_invariance() {
+  std::mt19937 rng(6);
+  const int64_t H = 6, W = 7, C = 5, N = 3, h = 9, w = 10;
+  auto q = random_relu(H * W * C, rng), d = random_relu(N * h * w * C, rng);
+  auto scaled = [](std::vector<float> v, float f) {
+    for (auto& x : v) x *= f;
+    return v;
+  };
+  Tensor qt{q.data(), DType::F32, {H, W, C}}, dt{d.data(), DType::F32, {N, h, w, C}};
+  const auto base = cnn_core::patch_topk(qt, dt, {}, 3, 2, 1);
+  const auto ebase = cnn_core::exact_topk(Tensor{q.data(), DType::F32, {H * W, C}}, Tensor{d.data(), DType::F32, {N * h * w, C}}, {}, 2, 1);
+  std::vector<float> g(N * 2, 1.f), qg(2, 1.f);
+  cnn_core::HierarchicalParams p;
+  p.kernel_fine = 3;
+  p.kernel_coarse = 1;
+  p.shortlist = N;
+  p.coarse_k = N * h * w;
+  p.margin = 0;
+  p.k = 2;
+  const auto hbase = cnn_core::hierarchical(qt, dt, qt, dt, Tensor{qg.data(), DType::F32, {2}}, Tensor{g.data(), DType::F32, {N, 2}}, {}, p);
+  for (float fq : {1e-30f, 1.f, 1e30f})
+    for (float fd : {1e-30f, 1.f, 1e25f}) {
+      const auto q2 = scaled(q, fq), d2 = scaled(d, fd);
+      Tensor q2t{q2.data(), DType::F32, {H, W, C}}, d2t{d2.data(), DType::F32, {N, h, w, C}};
+      const auto r = cnn_core::patch_topk(q2t, d2t, {}, 3, 2, 1);
+      const auto e = cnn_core::exact_topk(Tensor{q2.data(), DType::F32, {H * W, C}}, Tensor{d2.data(), DType::F32, {N * h * w, C}}, {}, 2, 1);
+      const auto hr = cnn_core::hierarchical(q2t, d2t, q2t, d2t, Tensor{qg.data(), DType::F32, {2}}, Tensor{g.data(), DType::F32, {N, 2}}, {}, p);
+      for (size_t i = 0; i < base.similarity.size(); ++i) {
+        CHECK(std::abs(r.similarity[i] - base.similarity[i]) < 1e-5);
+        CHECK(std::abs(e.similarity[i] - ebase.similarity[i]) < 1e-5);
+        CHECK(std::abs(hr.similarity[i] - hbase.similarity[i]) < 1e-5);
+      }
+      int64_t same_top1 = 0;
+      for (int64_t i = 0; i < H * W; ++i) same_top1 += r.image[2 * i] == base.image[2 * i] && r.y[2 * i] == base.y[2 * i] && r.x[2 * i] == base.x[2 * i];
+      CHECK(same_top1 >= H * W - 1);  // (float rounding may swap a near-tie)
+    }
+  // Inside [2^-40, 2^40] nothing is rescaled: a power-of-two factor gives bit-identical similarities.
+  const auto q4 = scaled(q, 1024.f);
+  const auto r4 = cnn_core::patch_topk(Tensor{q4.data(), DType::F32, {H, W, C}}, dt, {}, 3, 2, 1);
+  CHECK(same(r4, base));
+}
+
+// Every argument is checked in the core and the message starts with its name.
+void test_checks() {
+  std::vector<float> q(4 * 4 * 3, 1.f), d(2 * 4 * 4 * 3, 1.f);
+  Tensor qt{q.data(), DType::F32, {4, 4, 3}}, dt{d.data(), DType::F32, {2, 4, 4, 3}};
+  using cnn_core::patch_topk;
+  CHECK(throws_naming("kernel", [&] { patch_topk(qt, dt, {}, 0, 1, 1); }));
+  CHECK(throws_naming("kernel", [&] { patch_topk(qt, dt, {}, int64_t(1) << 31, 1, 1); }));
+  CHECK(throws_naming("k", [&] { patch_topk(qt, dt, {}, 2, 33, 1); }));
+  CHECK(throws_naming("rows", [&] { patch_topk(qt, dt, {0, 0}, 2, 1, 1); }));
+  CHECK(throws_naming("rows", [&] { patch_topk(qt, dt, {2}, 2, 1, 1); }));
+  CHECK(throws_naming("query", [&] { patch_topk(Tensor{q.data(), DType::F32, {4, 12}}, dt, {}, 2, 1, 1); }));
+  CHECK(throws_naming("database", [&] { patch_topk(qt, Tensor{d.data(), DType::F32, {0, 4, 4, 3}}, {}, 2, 1, 1); }));
+  CHECK(throws_naming("database", [&] { patch_topk(qt, Tensor{d.data(), DType::F32, {2, 4, 6, 2}}, {}, 2, 1, 1); }));
+  CHECK(throws_naming("S", [&] { cnn_core::global_topk(qt, dt, {}, 3, 1); }));
+  CHECK(throws_naming("database", [&] { cnn_core::global_topk(Tensor{q.data(), DType::F32, {5}}, dt, {}, 1, 1); }));
+  std::vector<float> g(4, 1.f);
+  Tensor gq{g.data(), DType::F32, {2}}, gd{g.data(), DType::F32, {2, 2}};
+  cnn_core::HierarchicalParams p;
+  p.shortlist = 2;
+  p.margin = -1;
+  CHECK(throws_naming("margin", [&] { cnn_core::hierarchical(qt, dt, qt, dt, gq, gd, {}, p); }));
+  p.margin = 0;
+  p.coarse_k = 0;
+  CHECK(throws_naming("coarse_k", [&] { cnn_core::hierarchical(qt, dt, qt, dt, gq, gd, {}, p); }));
+  p.coarse_k = 2;
+  p.shortlist = 3;
+  CHECK(throws_naming("shortlist", [&] { cnn_core::hierarchical(qt, dt, qt, dt, gq, gd, {}, p); }));
+  p.shortlist = 2;
+  CHECK(throws_naming("db_global", [&] { cnn_core::hierarchical(qt, dt, qt, dt, gq, Tensor{g.data(), DType::F32, {1, 2}}, {}, p); }));
+  d[7] = INFINITY;
+  CHECK(throws_naming("db_coarse: contains NaN", [&] { cnn_core::hierarchical(qt, dt, qt, dt, gq, gd, {}, p); }));
 }
 
 }  // namespace
@@ -190,7 +365,9 @@ int main() {
   }
   std::printf("%s\n", cnn_core::build_info().c_str());
   const std::pair<const char*, std::function<void()>> tests[] = {
-      {"half", test_half}, {"exact", test_exact}, {"patches", test_patches}};
+      {"half", test_half},         {"exact", test_exact},   {"patches", test_patches},
+      {"large_k", test_large_k},   {"threads", test_threads}, {"cancel", test_cancel},
+      {"scale", test_scale_invariance}, {"checks", test_checks}};
   int passed = 0, failed = 0;
   for (const auto& [name, fn] : tests) {
     const int before = g_failed;

@@ -2,14 +2,26 @@
 // (shift-sum), and the hierarchical prune (global shortlist -> coarse patches -> fine patches).
 //
 // Conventions shared by every search:
-//  * similarity is cosine computed in float32; a zero-norm vector has similarity 0 to everything;
+//  * similarity is cosine computed in float32; a zero vector has similarity 0 to everything. Cosine is
+//    scale invariant and so are the results: rows (exact search) and maps (patch search) whose largest
+//    |value| lies outside [2^-40, 2^40] are first scaled by a power of two, so values from the smallest
+//    float32 subnormal to FLT_MAX neither overflow nor underflow (inside that range nothing is scaled);
 //  * results are sorted best first under the total order (similarity desc, database index asc), so
 //    ties go to the lowest database index and results are identical for any thread count;
 //  * inputs are float32 or float16 (IEEE half, raw bits), row-major / NHWC, never copied whole;
-//  * non-finite values met in the searched data raise std::invalid_argument naming the argument.
+//  * every argument is checked here, the one place for it (the Python binding adds only the checks on
+//    Python types): a bad one raises std::invalid_argument whose message starts with the argument's
+//    name, e.g. "k: 33 outside [1, 32]"; non-finite values met in the searched data raise the same way
+//    ("database: contains NaN or Inf values");
+//  * threads: 1 .. 2^31-1; counts above max_threads() run as max_threads(), and when the OS refuses to
+//    start a thread the search goes on with the threads that did start (same results);
+//  * cancel: when set, the calling thread calls it between work units, at most every ~100 ms; when it
+//    returns true the search stops and throws Cancelled.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,10 +37,35 @@ struct Tensor {
   int64_t size() const;
 };
 
+using Cancel = std::function<bool()>;
+
+// Thrown by a search whose Cancel returned true.
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("search cancelled") {}
+};
+
+// The most worker threads a search uses: min(4 × std::thread::hardware_concurrency(), 256).
+int max_threads();
+
+// Largest patch kernel accepted (a K-wide kernel pads every database tile by K-1 pixels).
+constexpr int64_t kMaxKernel = 1024;
+
+// Flat results: (rows, k) store rows and similarities, best first.
+struct Neighbours {
+  int64_t rows = 0, k = 0;
+  std::vector<int64_t> index;
+  std::vector<float> similarity;
+};
+
 // Flat top-k: queries (Q, D) against database (M, D), optionally restricted to the database rows in
-// `rows` (store rows, unique, any order). Writes out_index (Q*k, store row) and out_sim (Q*k).
-void exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows,
-                int k, int threads, int64_t* out_index, float* out_sim);
+// `rows` (store rows, unique, any order; empty = all).
+Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
+                      int64_t threads, const Cancel& cancel = {});
+
+// The S database rows closest to one query: query of any shape (flattened), database (N, ...) whose rows
+// have the query's size. Result has rows = 1.
+Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
+                       int64_t threads, const Cancel& cancel = {});
 
 // Output of a patch search on the query grid: (H, W, k) arrays, best first.
 struct PatchMatches {
@@ -42,20 +79,23 @@ struct PatchMatches {
 // -(K-1)/2 .. K/2 (integer division) around p, zero padded like a TensorFlow 'SAME' convolution
 // (for K = 4: offsets -1, 0, 1, 2 in y and in x).
 PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
-                        int kernel, int k, int threads);
+                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {});
 
 // Same result as patch_topk, by flattening every patch into a D = K*K*C vector and calling the flat
 // search. Costs K^2 times more multiply-adds: a reference and a benchmark baseline.
-PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database,
-                             const std::vector<int64_t>& rows, int kernel, int k, int threads);
+PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                             int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {});
+
+// coarse_k value that skips the coarse stage: the fine search covers every position of the shortlist.
+constexpr int64_t kNoCoarseStage = -1;
 
 struct HierarchicalParams {
-  int kernel_fine = 4, kernel_coarse = 4;
+  int64_t kernel_fine = 4, kernel_coarse = 4;
   int64_t shortlist = 10;  // S images kept by the global descriptor
-  int64_t coarse_k = 8;    // coarse candidates per coarse query position (<= 0: all)
-  int margin = 1;          // fine positions added around each coarse candidate's fine region
-  int k = 1;
-  int threads = 1;
+  int64_t coarse_k = 8;    // coarse candidates per coarse query position (kNoCoarseStage: none)
+  int64_t margin = 1;      // fine positions added around each coarse candidate's fine region
+  int64_t k = 1;
+  int64_t threads = 1;
 };
 
 // Fine search restricted to the fine regions under coarse candidates. `coarse` holds the coarse
@@ -64,13 +104,15 @@ struct HierarchicalParams {
 // (same for x), widened by `margin`. Positions with fewer than k candidates are padded with
 // image = y = x = -1 and similarity = -inf.
 PatchMatches pruned_fine_topk(const Tensor& query_fine, const Tensor& db_fine, const PatchMatches& coarse,
-                              int64_t db_coarse_h, int64_t db_coarse_w, int kernel, int margin, int k,
-                              int threads);
+                              int64_t db_coarse_h, int64_t db_coarse_w, int64_t kernel, int64_t margin, int64_t k,
+                              int64_t threads, const Cancel& cancel = {});
 
-// The whole hierarchy. `rows` restricts every stage to those store rows (empty = all).
+// The whole hierarchy. query_global: any shape; db_global (N, ...) with rows of its size. `rows`
+// restricts every stage to those store rows (empty = all).
 PatchMatches hierarchical(const Tensor& query_fine, const Tensor& db_fine, const Tensor& query_coarse,
                           const Tensor& db_coarse, const Tensor& query_global, const Tensor& db_global,
-                          const std::vector<int64_t>& rows, const HierarchicalParams& params);
+                          const std::vector<int64_t>& rows, const HierarchicalParams& params,
+                          const Cancel& cancel = {});
 
 // Convert n float16 values (raw IEEE bits) to float32.
 void half_to_float(const uint16_t* src, float* dst, int64_t n);
