@@ -5,9 +5,12 @@ measured in the same run:
 1. flat exact kernel (match.exact on flattened patch descriptors) vs numpy float32 matmul, GFLOP/s;
 2. shift-sum exact (match.patches) vs flat exact, seconds per query image and top-1 agreement;
 3. hierarchical (match.hierarchical) vs exact over the whole database: seconds per query image,
-   fraction of positions with the same top-1 match and with the same label, peak memory.
+   fraction of positions with the same top-1 match and with the same label, peak memory;
+4. with --large_k K: match.exact with k = 1 and k = K on --large_k_shape Q M D random ReLU rows
+   (top-k bookkeeping cost; K above 16 uses the core's heap).
 
     python3 benchmarks/bench_match.py [--n 100 --shortlist 100 --queries 1 --threads 2 --save_npy DIR]
+    python3 benchmarks/bench_match.py --only_large_k --large_k 8192 --large_k_shape 1024 20000 64 --threads 1
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ def best_of(fn, reps):
     return min(times), out
 
 
+def large_k(k, Q, M, D, threads, seed):
+    """Seconds of match.exact with k = 1 and with k on random ReLU rows."""
+    rng = np.random.default_rng(seed)
+    q = np.maximum(rng.standard_normal((Q, D)), 0).astype(np.float32)
+    d = np.maximum(rng.standard_normal((M, D)), 0).astype(np.float32)
+    for kk in (1, k):
+        t, _ = best_of(lambda: match.exact(q, d, k=kk, threads=threads), 1)
+        print(f"[large k] exact Q={Q} M={M} D={D} k={kk}: {t:.3f} s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="database images")
@@ -63,10 +76,17 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save_npy", type=Path, default=None, help="write the maps as .npy for compnn_bench")
+    ap.add_argument("--large_k", type=int, default=0, help="also time match.exact with this k (0: skip)")
+    ap.add_argument("--large_k_shape", type=int, nargs=3, default=[1024, 20000, 64], metavar=("Q", "M", "D"))
+    ap.add_argument("--only_large_k", action="store_true", help="run only the large-k timing")
     args = ap.parse_args()
     threads = args.threads or len(os.sched_getaffinity(0))
     K = 4
     print(match.backend(), f"| threads={threads}", flush=True)
+    if args.large_k:
+        large_k(args.large_k, *args.large_k_shape, threads=threads, seed=args.seed)
+    if args.only_large_k:
+        return
 
     stack = ConvStack(args.seed)
     db = make_set(args.n, args.seed + 1, stack, "database")

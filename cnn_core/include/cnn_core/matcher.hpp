@@ -47,8 +47,10 @@ struct Cancelled : std::runtime_error {
 // The most worker threads a search uses: min(4 × std::thread::hardware_concurrency(), 256).
 int max_threads();
 
-// Largest patch kernel accepted (a K-wide kernel pads every database tile by K-1 pixels).
-constexpr int64_t kMaxKernel = 1024;
+// Largest patch kernel accepted. The shift-sum keeps K ring rows of W × (32+K-1) × 64 floats per worker
+// (K = 64, W = 256: 400 MB), so much larger kernels would exhaust memory rather than fail cleanly; the
+// networks here use K <= 7.
+constexpr int64_t kMaxKernel = 64;
 
 // Flat results: (rows, k) store rows and similarities, best first.
 struct Neighbours {
