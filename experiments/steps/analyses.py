@@ -111,12 +111,14 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
                          "global": _agreement(rec.global_output.output, cnn)}}
     res["reconstruction"] = scores
     fmt = {side: {m: _short(v) for m, v in d.items()} for side, d in scores.items()}
+    ssim = {m: f", SSIM {v['ssim']:.2f}" if "ssim" in v else "" for m, v in scores["input"].items()}
     out_measure = "pixels agreeing with the CNN output" if cnn.ndim == 2 else "PSNR against the CNN output"
     save("reconstruction", figures.reconstruction_figure(rec, query, i, palette=palette, scores=fmt),
          f"Reconstruction (Fig. 10) of query {qid}. Top: the input, rebuilt by copying training-input pixels "
-         f"compositionally (CompNN, PSNR {fmt['input']['compnn']}) and from the one globally nearest training "
-         f"image (global, {fmt['input']['global']}). Bottom: the CNN output and the same two copies taken from "
-         f"the training targets ({out_measure}: CompNN {fmt['output']['compnn']}, global "
+         f"compositionally (CompNN: PSNR {fmt['input']['compnn']}{ssim['compnn']}) and from the one globally "
+         f"nearest training image (global: {fmt['input']['global']}{ssim['global']}). Bottom: the CNN output "
+         f"and the same two copies taken from the training targets ({out_measure}: CompNN "
+         f"{fmt['output']['compnn']}, global "
          f"{fmt['output']['global']}).")
 
     # Correspondence map (Fig. 11).

@@ -55,8 +55,8 @@ _GLOSSARY_COLS = {
     "mean_class_acc": "per class, the fraction of its ground-truth pixels labelled right, averaged over the "
                       "classes present (every class weighs the same).",
     "mean_iou": "per class, intersection over union of predicted and true pixels, averaged over classes.",
-    "agree_": "the same three scores with the CNN's output in place of the ground truth: how faithfully an "
-              "approach reproduces (explains) the network, right or wrong. The CNN's own row is 1 by definition.",
+    "agree_": "the same scores with the CNN's output in place of the ground truth: how faithfully an approach "
+              "reproduces (explains) the network, right or wrong. The CNN's own row is perfect by definition.",
     "psnr": "peak signal-to-noise ratio in dB (higher: closer), mean over the query images.",
     "ssim": "structural similarity, 1 = identical, mean over the query images.",
 }
@@ -147,11 +147,15 @@ def _table1_section(cfg, spec, summary: dict) -> str:
                  report_page.table(["Approach", *map(_column_name, vs_cnn)], [[r, *(t[r][c] for c in vs_cnn)]
                                                                               for r in rows])]
     gl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _GLOSSARY_ROWS)
-    for c in vs_gt + (vs_cnn[:1] if vs_cnn else []):
+    for c in vs_gt:
         key = next((k for k in _GLOSSARY_COLS if c == k or c.startswith(k)), None)
         if key:
-            name = "agreement with the CNN (the second table)" if key == "agree_" else _column_name(c)
-            gl += f"<dt>{esc(name)}</dt><dd>{esc(_GLOSSARY_COLS[key])}</dd>"
+            gl += f"<dt>{esc(_column_name(c))}</dt><dd>{esc(_GLOSSARY_COLS[key])}</dd>"
+    if vs_cnn:
+        gl += f"<dt>Against the CNN's own output (second table)</dt><dd>{esc(_GLOSSARY_COLS['agree_'])}"
+        if any(c.startswith("psnr") for c in vs_cnn):
+            gl += " A dash in the PSNR column: identical images (infinite PSNR)."
+        gl += "</dd>"
     html.append(f"<h3>What the rows and columns mean</h3><dl class='gl'>{gl}</dl>")
     pc = summary.get("per_class_iou")
     if pc and all(isinstance(v, dict) for v in pc.values()):
@@ -283,6 +287,9 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
                    for a in q["bias"]["agreement_with_cnn"].values())]
                 for q in qs if "bias" in q]
         agree = "pixels agreeing with the CNN" if is_labels else "PSNR vs CNN"
+        own = _own_database_wins(qs, attr)
+        if own:
+            expl += f" {own}"
         head = ["Query", "Its attribute", "Output pixels changed", *(f"{agree}, from {k}" for k in dbs)]
         out.append(("bias", "Bias modification (Fig. 9)",
                     f"<p>CompNN's output depends on the database it copies from. Restricting the database to "
@@ -324,6 +331,27 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
     return out
 
 
+def _own_database_wins(qs: list, attr: str | None) -> str:
+    """A sentence: for how many queries the database sharing the query's attribute reproduces the CNN
+    better than the other one does."""
+    if not attr:
+        return ""
+    wins = n = 0
+    for q in qs:
+        v = q.get("meta", {}).get(attr)
+        agree = q.get("bias", {}).get("agreement_with_cnn", {})
+        own, other = agree.get(f"{attr}={v}"), [a for k, a in agree.items() if k != f"{attr}={v}"]
+        if v is None or own is None or len(other) != 1:
+            continue
+        key = "pixel_agreement" if "pixel_agreement" in own else "psnr"
+        n += 1
+        wins += own[key] > other[0][key]
+    if not n:
+        return ""
+    return (f"For {wins} of these {n} queries the database of the query's own {esc(attr)} reproduces the CNN's "
+            f"output more closely than the other one does (table below).")
+
+
 def _training_section(train_dir) -> str:
     hist = _read_json(Path(train_dir) / "history.json") if train_dir else None
     if not hist:
@@ -351,6 +379,32 @@ def _training_section(train_dir) -> str:
     return html
 
 
+def _export_html(exp: dict) -> str:
+    """What the exported activation stores take on disk, per image, from the export stage's export.json
+    ({"splits": {name: {"images", "bytes", "bytes_per_image", "layer_bytes_per_image"}}, "layers", ...})."""
+    splits = exp.get("splits") if isinstance(exp.get("splits"), dict) else {}
+    parts = []
+    for name, v in splits.items():
+        if isinstance(v, dict) and isinstance(v.get("bytes_per_image"), (int, float)):
+            parts.append(f"{esc(name)} split: <b>{v['bytes_per_image'] / 1024:.1f} KiB per image</b> "
+                         f"({v.get('images')} images, {v.get('bytes', 0) / 2**20:.1f} MiB in all)")
+    html = ("<p>The activation stores on disk (every layer written, plus images, labels and CNN outputs): "
+            + "; ".join(parts) + f". Layers written: {esc(str(exp.get('export_layers', '?')))}.</p>") if parts else ""
+    layer_rows = {}
+    for name, v in splits.items():
+        for layer, b in (v.get("layer_bytes_per_image") or {}).items() if isinstance(v, dict) else ():
+            layer_rows.setdefault(layer, {})[name] = b / 1024
+    if layer_rows:
+        names = list(splits)
+        html += report_page.table(["Layer", *(f"KiB per image, {n}" for n in names)],
+                                  [[Raw(f"<code>{esc(l)}</code>"), *(r.get(n) for n in names)]
+                                   for l, r in layer_rows.items()], digits=1)
+    other = [(k, v) for k, v in _flat({k: v for k, v in exp.items() if k not in ("splits", "layers")})]
+    if other:
+        html += report_page.table(["export.json", "Value"], other)
+    return html
+
+
 def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:
     html = []
     conf = _read_json(out_dir / "config.json")
@@ -360,11 +414,8 @@ def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:
                 + report_page.table(["Setting", "Value"], [[k, v if not isinstance(v, float) else repr(v)]
                                                            for k, v in _flat(conf)]))
     exp = _read_json(export_dir / "export.json")
-    if exp:
-        per = {k: v for k, v in _flat(exp) if "bytes_per_image" in k and isinstance(v, (int, float))}
-        text = "".join(f"<p><b>{esc(k)}</b>: {v / 1024:.1f} KiB ({int(v):,} bytes) on disk per image.</p>"
-                       for k, v in per.items())
-        html.append("<h3>Export size</h3>" + text + report_page.table(["export.json", "Value"], _flat(exp)))
+    if isinstance(exp, dict):
+        html.append("<h3>Export size</h3>" + _export_html(exp))
     html.append("<h3>Stage timings</h3>" + report_page.table(
         ["Stage", "Seconds (when it ran)"], [(s, float(t)) for s, t in timings], digits=1))
     return "".join(html)
