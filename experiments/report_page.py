@@ -193,7 +193,7 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
            and (y > 0 or not log_y)]
     if not pts:
         return ""
-    ml, mr, mt, mb = 52, 10, 24, 46
+    ml, mr, mt, mb = 52, 22, 24, 46
     fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
     xs = [p[0] for p in pts]
     ys = [fy(p[1]) for p in pts]
@@ -212,7 +212,7 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
         return mt + ph - (fy(v) - y0) / (y1 - y0) * ph
 
     def num(v):
-        return f"{v:.3g}"
+        return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e7 else f"{v:.3g}"
 
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"viewBox='0 0 {width} {height}' font-family='sans-serif' font-size='11'>",

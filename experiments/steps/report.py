@@ -253,8 +253,7 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
                        for _, f in by_kind.get(kind, []))
 
     method = analyses.get("matching")
-    how = (f"{method} matching (shortlist S = {analyses.get('shortlist')})" if method != "exact"
-           else "exact search")
+    how = (f"{method} matching, S = {analyses.get('shortlist')}" if method != "exact" else "exact search")
     out = []
     if "reconstruction" in by_kind:
         out.append(("reconstruction", "Reconstruction (Fig. 10)",
