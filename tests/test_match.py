@@ -336,7 +336,7 @@ def test_hierarchical_is_scale_invariant(rng):
     p = pyramid(rng)
     kw = dict(kernel_fine=4, kernel_coarse=2, shortlist=3, coarse_k=4, margin=1, k=2)
     base = match.hierarchical(**kw, **p)
-    for e in (-30, 25):
+    for e in (-36, -30, 25, 34):
         scaled = {name: (a.astype(np.float64) * 10.0**e).astype(np.float32) for name, a in p.items()}
         res = match.hierarchical(**kw, **scaled)
         np.testing.assert_allclose(res.similarity, base.similarity, atol=1e-5)

@@ -109,7 +109,7 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
   const int64_t Q = queries.shape[0], D = queries.shape[1];
   if (database.shape[1] != D)
     fail(std::string(names.database) + ": " + std::to_string(database.shape[1]) + " dims do not match " +
-         names.query + "' " + std::to_string(D));
+         possessive(names.query) + " " + std::to_string(D));
   const std::vector<int64_t> rows = resolve_rows(rows_in, database.shape[0], names.database);
   if (D == 0) fail(std::string(names.query) + ": have 0 dims");
   const int64_t M = static_cast<int64_t>(rows.size());

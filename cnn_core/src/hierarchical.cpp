@@ -74,8 +74,10 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
     pix.erase(std::unique(pix.begin(), pix.end()), pix.end());
     const int64_t np_ = static_cast<int64_t>(pix.size());
     // Pixels come from several images, so each gets its own power-of-two scale 2^-pexp (see
-    // safe_exponent); a candidate's patch is then scaled as a whole by 2^-e, e = the largest pixel
-    // exponent under its window, by weighting each pixel's products with 2^(pexp - e) below.
+    // safe_exponent); a candidate's patch is then scaled as a whole by 2^-e, e = the largest pexp of
+    // the nonzero pixels under its window, by weighting each pixel's products with 2^(pexp - e) below.
+    // Zero pixels (kZero) add nothing and must not set e.
+    constexpr int kZero = std::numeric_limits<int>::min();
     RowMat dp(np_, C);
     std::vector<double> dsq(np_);
     std::vector<int> pexp(np_);
@@ -84,7 +86,7 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
       load_f32(db_fine, pix[j] * C, C, px);
       require_finite(px, C, "db_fine");
       dsq[j] = dp.row(j).cast<double>().squaredNorm();  // of the unscaled pixel: double has the range
-      pexp[j] = normalise(px, C);
+      pexp[j] = max_abs(px, C) == 0.f ? kZero : normalise(px, C);
     }
     const int64_t bw = nqx + kernel - 1, bh = nqy + kernel - 1;
     RowMat qb(bh * bw, C);
@@ -99,7 +101,7 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
     for (int64_t j = 0; j < nc; ++j) {
       const int64_t r = cand[j] / plane, y = (cand[j] % plane) / Wf, x = cand[j] % Wf;
       double sq = 0;
-      int e = std::numeric_limits<int>::min();
+      int e = kZero;
       for (int64_t dy = 0; dy < kernel; ++dy)
         for (int64_t dx = 0; dx < kernel; ++dx) {
           const int64_t yy = y + dy - a, xx = x + dx - a;
@@ -108,10 +110,11 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
             w = std::lower_bound(pix.begin(), pix.end(), r * plane + yy * Wf + xx) - pix.begin();
             sq += dsq[w];
             e = std::max(e, pexp[w]);
+            if (pexp[w] == kZero) w = -1;
           }
           win[dy * kernel + dx] = w;
         }
-      if (e == std::numeric_limits<int>::min()) e = 0;  // (the window always holds the candidate itself)
+      if (e == kZero) e = 0;  // an all-zero patch: similarity 0
       const float dinv = inv_norm(std::ldexp(sq, -2 * e));
       std::fill(dots.begin(), dots.end(), 0.f);
       for (int64_t dy = 0; dy < kernel; ++dy)

@@ -37,6 +37,12 @@ inline std::string shape_str(const std::vector<int64_t>& s) {
   return out + (s.size() == 1 ? ",)" : ")");
 }
 
+// "queries'" / "query's", for messages comparing two arguments.
+inline std::string possessive(const char* name) {
+  const std::string n = name;
+  return n + (!n.empty() && n.back() == 's' ? "'" : "'s");
+}
+
 inline int64_t check_range(const char* name, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi)
     fail(std::string(name) + ": " + std::to_string(v) + " outside [" + std::to_string(lo) + ", " +

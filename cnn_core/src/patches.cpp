@@ -50,7 +50,7 @@ MapDims check_maps(const Tensor& query, const Tensor& database, const Names& nam
   check_tensor(database, names.database, 4);
   if (database.shape[3] != query.shape[2])
     fail(std::string(names.database) + ": " + std::to_string(database.shape[3]) + " channels do not match " +
-         names.query + "'s " + std::to_string(query.shape[2]));
+         possessive(names.query) + " " + std::to_string(query.shape[2]));
   if (query.shape[2] == 0) fail(std::string(names.query) + ": has no channels");
   return {database.shape[0], database.shape[1], database.shape[2], database.shape[3]};
 }

@@ -298,8 +298,8 @@ void test_scale_invariance() {
   p.margin = 0;
   p.k = 2;
   const auto hbase = cnn_core::hierarchical(qt, dt, qt, dt, Tensor{qg.data(), DType::F32, {2}}, Tensor{g.data(), DType::F32, {N, 2}}, {}, p);
-  for (float fq : {1e-30f, 1.f, 1e30f})
-    for (float fd : {1e-30f, 1.f, 1e25f}) {
+  for (float fq : {1e-35f, 1e-30f, 1.f, 1e30f})
+    for (float fd : {1e-35f, 1e-30f, 1.f, 1e25f}) {
       const auto q2 = scaled(q, fq), d2 = scaled(d, fd);
       Tensor q2t{q2.data(), DType::F32, {H, W, C}}, d2t{d2.data(), DType::F32, {N, h, w, C}};
       const auto r = cnn_core::patch_topk(q2t, d2t, {}, 3, 2, 1);
