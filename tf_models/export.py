@@ -26,19 +26,21 @@ def _check_uint8(a, name, ndims):
 
 def export_split(model, inputs, labels, ids, store_path, *, model_name, task, label_kind, postprocess,
                  layers=None, dtype="float16", image_meta=None, metadata=None, batch_size=4,
-                 progress=True, overwrite=False):
+                 progress=True, overwrite=False, arch=None):
     """Runs ``model`` in inference mode over uint8 ``inputs`` (N, H, W, C) and writes a store at
     ``store_path``. ``labels``: uint8 ground truth (N, H, W) ids or (N, H, W, 3) images, or None.
     ``postprocess`` maps the model's output batch (numpy float: tanh range for Pix2Pix, logits for
     SegNet) to uint8 cnn_outputs (B, H, W) or (B, H, W, 3), e.g. ``pix2pix.output_to_rgb`` or
-    ``segnet.logits_to_labels``. ``layers``: names to store (default every named map). The match
-    spec and architecture are added to the store's metadata. Returns the opened store."""
-    arch = registry.of_model(model)
+    ``segnet.logits_to_labels``. ``layers``: names to store (default every named map). ``arch``: the
+    network's registry.Architecture (default: the compnn architecture that built ``model``; give
+    ``registry.custom(...)`` for any other network). The match spec and architecture are added to the
+    store's metadata. Returns the opened store."""
+    arch = registry.of_model(model) if arch is None else arch
     _check_uint8(inputs, "inputs", (4,))
     n = len(inputs)
-    if n == 0 or tuple(inputs.shape[1:]) != tuple(model.input.shape[1:]):
-        raise ValueError(f"inputs must be (N>0, {', '.join(map(str, model.input.shape[1:]))}) for this "
-                         f"model, got {inputs.shape}")
+    want = tuple(model.inputs[0].shape[1:])
+    if n == 0 or len(want) != 3 or any(w is not None and w != g for w, g in zip(want, inputs.shape[1:])):
+        raise ValueError(f"inputs must be (N>0, {', '.join(map(str, want))}) for this model, got {inputs.shape}")
     if labels is not None:
         _check_uint8(labels, "labels", (3, 4))
         if labels.shape[:3] != inputs.shape[:3]:
@@ -56,7 +58,7 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
     if unknown or not layers:
         raise ValueError(f"layers {unknown} are not named maps of {model.name}; choose from {list(geometry)}")
 
-    features = keras.Model(model.input, [model.get_layer(name).output for name in layers] + [model.output])
+    features = keras.Model(model.inputs[0], [model.get_layer(name).output for name in layers] + [model.outputs[0]])
 
     def forward(i):
         outs = features(inputs[i: i + batch_size].astype(np.float32), training=False)

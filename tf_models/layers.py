@@ -1,12 +1,18 @@
 """Custom Keras layers shared by the networks: batch norm with a choice of inference statistics,
-dropout that can stay on at inference, and SegNet's max pooling / unpooling with switches."""
+dropout that can stay on at inference, and SegNet's max pooling / unpooling with switches.
+
+Every layer is registered as Keras-serializable (package ``compnn``) and returns its constructor
+arguments from ``get_config``, so a network saved with ``model.save("x.keras")`` reloads with plain
+``keras.models.load_model`` (importing tf_models registers them), no ``custom_objects`` needed."""
 
 import keras
 import tensorflow as tf
 
 BN_INFERENCE_MODES = ("image", "moving")
+PACKAGE = "compnn"
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class BatchNorm(keras.layers.Layer):
     """Batch normalisation over NHWC whose inference statistics are selectable.
 
@@ -28,6 +34,11 @@ class BatchNorm(keras.layers.Layer):
         self.inference_stats = inference_stats
         self.gamma_stddev = float(gamma_stddev)
         self.beta_init = float(beta_init)
+
+    def get_config(self):
+        return dict(super().get_config(), momentum=self.momentum, epsilon=self.epsilon,
+                    inference_stats=self.inference_stats, gamma_stddev=self.gamma_stddev,
+                    beta_init=self.beta_init)
 
     def build(self, input_shape):
         c = input_shape[-1]
@@ -54,6 +65,7 @@ class BatchNorm(keras.layers.Layer):
         return tf.nn.batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Dropout(keras.layers.Layer):
     """Dropout that is active in training and, when ``at_inference`` is set, also at inference
     (the Pix2Pix reference's behaviour, which makes its outputs random).
@@ -67,6 +79,9 @@ class Dropout(keras.layers.Layer):
         self.rate = float(rate)
         self.at_inference = bool(at_inference)
         self.seed = int(seed or 0)
+
+    def get_config(self):
+        return dict(super().get_config(), rate=self.rate, at_inference=self.at_inference, seed=self.seed)
 
     def build(self, input_shape):
         self.calls = self.add_weight(name="calls", shape=(), dtype="int64", initializer="zeros",
@@ -88,6 +103,7 @@ def _pad_even(x):
     return tf.pad(x, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]], constant_values=x.dtype.min)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class MaxPoolWithSwitches(keras.layers.Layer):
     """2x2 stride-2 max pooling (Caffe ceil mode, so 45 -> 23) returning the pooled map and the
     switch of each window: 0..3 = the row-major offset of its maximum, the first one on ties."""
@@ -104,6 +120,7 @@ class MaxPoolWithSwitches(keras.layers.Layer):
         return pooled, switches
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class MaxUnpool(keras.layers.Layer):
     """Inverse of MaxPoolWithSwitches: each value goes back to the cell its switch names, the other
     three cells of the window are zero; the result is cropped to the pre-pooling size."""
@@ -116,12 +133,16 @@ class MaxUnpool(keras.layers.Layer):
         return full[:, : tf.shape(like)[1], : tf.shape(like)[2], :]
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class LRN(keras.layers.Layer):
     """Caffe's across-channel local response normalisation: x / (1 + alpha/n * sum_n x^2)^beta."""
 
     def __init__(self, local_size=5, alpha=1e-4, beta=0.75, **kwargs):
         super().__init__(**kwargs)
         self.local_size, self.alpha, self.beta = int(local_size), float(alpha), float(beta)
+
+    def get_config(self):
+        return dict(super().get_config(), local_size=self.local_size, alpha=self.alpha, beta=self.beta)
 
     def call(self, x):
         return tf.nn.local_response_normalization(

@@ -4,9 +4,11 @@ tf.function train steps, checkpoints with resume in a run directory, SegNet vali
 
 A run directory holds ``config.json`` (architecture, builder arguments, training settings),
 ``checkpoints/`` (tf.train.CheckpointManager: the network under the key ``model``, plus the
-discriminator and optimizer states) and ``history.json`` (logged losses, validation scores). The data
-order and every random draw of the input pipeline are functions of (seed, sample number), so a
-resumed run sees exactly the batches an uninterrupted one would have seen.
+discriminator and optimizer states), ``history.json`` (logged losses, validation scores) and
+``tensorboard/`` (the same numbers as TensorBoard scalars: ``train/<loss>``, ``val/<score>``). A
+checkpoint is written every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds, whichever comes
+first, and at the end. The data order and every random draw of the input pipeline are functions of
+(seed, sample number), so a resumed run sees exactly the batches an uninterrupted one would have seen.
 """
 
 import json
@@ -17,6 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
+from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from compnn_py.metrics import evaluate_segmentation
@@ -26,6 +30,9 @@ from . import pix2pix, segnet
 CONFIG = "config.json"
 HISTORY = "history.json"
 CKPT_DIR = "checkpoints"
+TENSORBOARD = "tensorboard"
+MODEL_FILE = "model.keras"
+CHECKPOINT_SECS = 60.0
 JITTER_SCALE = 286 / 256  # the reference resizes 256 -> 286 before cropping back
 
 
@@ -50,6 +57,13 @@ def _labels(a, name, num_classes, like):
         raise ValueError(f"{name} holds ids {np.unique(a[bad])[:5].tolist()} outside 0..{num_classes - 1} "
                          f"and {segnet.IGNORE} (ignore)")
     return a
+
+
+def _check_checkpointing(checkpoint_every, checkpoint_secs):
+    if not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if not isinstance(checkpoint_secs, (int, float)) or not checkpoint_secs > 0:
+        raise ValueError(f"checkpoint_secs must be positive, got {checkpoint_secs!r}")
 
 
 def _num_steps(steps, epochs, n, batch_size):
@@ -147,10 +161,29 @@ def _save(manager, ckpt, run_dir, history):
     os.replace(tmp, Path(run_dir) / HISTORY)
 
 
-def _restore(ckpt, manager, resume):
+def _restore(ckpt, manager, resume, desc, total):
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        step = int(ckpt.step.numpy())
+        if step < total:
+            logging.info("%s: resuming at step %d of %d (%s)", desc, step, total, manager.latest_checkpoint)
+        else:
+            logging.info("%s: already trained to step %d (asked for %d)", desc, step, total)
     return int(ckpt.step.numpy())
+
+
+# TensorBoard's scalar plugin reads a float32 scalar tensor summary tagged with this metadata; writing it
+# with core tf.summary.write keeps the logs readable by TensorBoard without the tensorboard package.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR)
+
+
+def _log_scalars(writer, prefix, values, step):
+    with writer.as_default():
+        for key, value in values.items():
+            tf.summary.write(f"{prefix}/{key}", tf.constant(float(value), tf.float32), step=int(step),
+                             metadata=_SCALAR_METADATA)
 
 
 def _set_seed(seed):
@@ -161,10 +194,13 @@ def _set_seed(seed):
 def train_pix2pix(inputs, targets, run_dir, *, steps=None, epochs=None, seed=0, ngf=64, ndf=64,
                   depth=None, batch_size=1, lr=2e-4, beta1=0.5, l1_weight=100.0, gan_weight=1.0,
                   jitter=True, innermost_norm=False, bn_inference="image", dropout_at_inference=False,
-                  checkpoint_every=1000, log_every=50, resume=True, progress=True, jit_compile=False):
+                  checkpoint_every=1000, checkpoint_secs=CHECKPOINT_SECS, log_every=50, resume=True,
+                  progress=True, jit_compile=False):
     """Trains the Pix2Pix generator and PatchGAN on uint8 (N, S, S, C) pairs; returns
     (generator, history). ``steps`` or ``epochs`` is the total for the run (a resumed run continues
-    to it). history["train"]: mean discrim/GAN/L1 losses and steps/s per ``log_every`` steps."""
+    to it). history["train"]: mean discrim/GAN/L1 losses and steps/s per ``log_every`` steps.
+    Checkpoints every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds, and at the end."""
+    _check_checkpointing(checkpoint_every, checkpoint_secs)
     inputs = _images(inputs, "inputs")
     targets = _images(targets, "targets")
     n, size = len(inputs), inputs.shape[1]
@@ -191,7 +227,7 @@ def train_pix2pix(inputs, targets, run_dir, *, steps=None, epochs=None, seed=0, 
     ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=gen, discriminator=disc,
                                g_opt=g_opt, d_opt=d_opt)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / CKPT_DIR), max_to_keep=2)
-    start = _restore(ckpt, manager, resume)
+    start = _restore(ckpt, manager, resume, "pix2pix", total)
     history = _load_history(run_dir, start)
     if start >= total:
         return gen, history
@@ -216,42 +252,54 @@ def train_pix2pix(inputs, targets, run_dir, *, steps=None, epochs=None, seed=0, 
                            start_step=start, num_steps=total - start)
     keys = ("discrim_loss", "gen_loss_GAN", "gen_loss_L1")
     _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys, checkpoint_every,
-          log_every, progress, "pix2pix")
+          checkpoint_secs, log_every, progress, "pix2pix")
     return gen, history
 
 
 def _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys, checkpoint_every,
-          log_every, progress, desc, validate=None, val_every=None):
+          checkpoint_secs, log_every, progress, desc, validate=None, val_every=None):
     """Runs the steps, logging mean losses and training steps/s (validation and checkpoint time
-    excluded) every ``log_every`` steps, validating every ``val_every`` steps and at the end."""
+    excluded) every ``log_every`` steps, validating every ``val_every`` steps and at the end, and
+    checkpointing every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds of wall time."""
     acc, count, busy = np.zeros(len(keys)), 0, 0.0
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    writer = tf.summary.create_file_writer(str(Path(run_dir) / TENSORBOARD))
+    last_save = time.monotonic()
     batches = iter(data)
-    while int(ckpt.step.numpy()) < total:
-        t0 = time.perf_counter()
-        losses = train_step(*next(batches)).numpy()
-        busy += time.perf_counter() - t0
-        if not np.isfinite(losses).all():
-            raise FloatingPointError(f"{desc}: non-finite loss {dict(zip(keys, losses))} at step "
-                                     f"{int(ckpt.step.numpy()) + 1}; lower the learning rate")
-        ckpt.step.assign_add(1)
-        step = int(ckpt.step.numpy())
-        acc += losses
-        count += 1
-        bar.update(1)
-        if count == log_every or step == total:
-            entry = {"step": step, **{k: float(v) for k, v in zip(keys, acc / count)},
-                     "steps_per_sec": count / busy}
-            history["train"].append(entry)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "step"})
-            acc, count, busy = np.zeros(len(keys)), 0, 0.0
-        if validate is not None and (step % val_every == 0 or step == total):
-            history["val"].append({"step": step, **validate()})
-            bar.write(f"{desc} step {step}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in history["val"][-1].items() if k != "step"))
-        if step % checkpoint_every == 0 or step == total:
-            _save(manager, ckpt, run_dir, history)
-    bar.close()
+    try:
+        while int(ckpt.step.numpy()) < total:
+            t0 = time.perf_counter()
+            losses = train_step(*next(batches)).numpy()
+            busy += time.perf_counter() - t0
+            if not np.isfinite(losses).all():
+                raise FloatingPointError(f"{desc}: non-finite loss {dict(zip(keys, losses))} at step "
+                                         f"{int(ckpt.step.numpy()) + 1}; lower the learning rate")
+            ckpt.step.assign_add(1)
+            step = int(ckpt.step.numpy())
+            acc += losses
+            count += 1
+            bar.update(1)
+            if count == log_every or step == total:
+                entry = {"step": step, **{k: float(v) for k, v in zip(keys, acc / count)},
+                         "steps_per_sec": count / busy}
+                history["train"].append(entry)
+                _log_scalars(writer, "train", {k: v for k, v in entry.items() if k != "step"}, step)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "step"})
+                acc, count, busy = np.zeros(len(keys)), 0, 0.0
+            if validate is not None and (step % val_every == 0 or step == total):
+                history["val"].append({"step": step, **validate()})
+                _log_scalars(writer, "val", {k: v for k, v in history["val"][-1].items() if k != "step"}, step)
+                bar.write(f"{desc} step {step}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in history["val"][-1].items() if k != "step"))
+            # Wall time as well as steps: a slow run (large images, CPU) must not lose more than about
+            # checkpoint_secs of work to an interrupt.
+            if step % checkpoint_every == 0 or step == total or time.monotonic() - last_save >= checkpoint_secs:
+                _save(manager, ckpt, run_dir, history)
+                writer.flush()
+                last_save = time.monotonic()
+    finally:
+        writer.close()
+        bar.close()
 
 
 # ---- SegNet -------------------------------------------------------------------------------------
@@ -296,8 +344,8 @@ def label_predictor(model, batch_size=8):
 def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes=11,
                  class_weights=segnet.CAMVID_CLASS_WEIGHTS, steps=None, epochs=None, batch_size=4,
                  lr=None, momentum=0.9, weight_decay=5e-4, seed=0, bn_inference="moving",
-                 val_every=None, checkpoint_every=1000, log_every=20, resume=True, progress=True,
-                 jit_compile=False):
+                 val_every=None, checkpoint_every=1000, checkpoint_secs=CHECKPOINT_SECS, log_every=20,
+                 resume=True, progress=True, jit_compile=False):
     """Trains SegNet (``arch`` "basic" or "vgg16") with the class-weighted loss, SGD with momentum
     and L2 weight decay on conv kernels (the tutorial's solver); ``lr`` defaults to its base_lr.
     ``labels`` uint8 (N, H, W), 255 = ignore. With ``val=(images, labels)`` scores pixel accuracy,
@@ -305,6 +353,7 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
     at the end. Returns (model, history)."""
     if arch not in _SEGNET_BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_SEGNET_BUILDERS)}, got {arch!r}")
+    _check_checkpointing(checkpoint_every, checkpoint_secs)
     inputs = _images(inputs, "inputs", 3)
     labels = _labels(labels, "labels", num_classes, inputs)
     if val is not None:
@@ -328,7 +377,7 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
     opt.build(model.trainable_variables)
     ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model, opt=opt)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / CKPT_DIR), max_to_keep=2)
-    start = _restore(ckpt, manager, resume)
+    start = _restore(ckpt, manager, resume, f"segnet_{arch}", total)
     history = _load_history(run_dir, start)
     if start >= total:
         return model, history
@@ -355,9 +404,34 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
     data = segnet_dataset(inputs, labels, batch_size=batch_size, seed=seed, start_step=start,
                           num_steps=total - start)
     _loop(data, train_step, ckpt, manager, run_dir, history, start, total, ("loss",), checkpoint_every,
-          log_every, progress, f"segnet_{arch}", validate=validate if val is not None else None,
+          checkpoint_secs, log_every, progress, f"segnet_{arch}", validate=validate if val is not None else None,
           val_every=int(val_every or max(1, len(inputs) // batch_size)))
     return model, history
+
+
+# ---- the finished network ---------------------------------------------------------------------------
+def finish_training(model, arch, inputs, *, batch_size=4, progress=True):
+    """What the architecture's recipe does once training is over, before the network is used
+    (registry.Architecture.recompute_bn: SegNet's BN statistics over the training ``inputs``)."""
+    if arch.recompute_bn:
+        recompute_bn_statistics(model, inputs, batch_size=batch_size, progress=progress)
+    return model
+
+
+def save_network(model, path):
+    """``model.save`` in Keras' native format, written beside ``path`` and renamed into place, so an
+    interrupted save never leaves a truncated file under the final name. Reload with
+    ``keras.models.load_model(path)`` once tf_models is imported (its layers are registered)."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"a Keras native file must end in .keras, got {path.name}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -1,40 +1,73 @@
 """The train stage: trains the configured network in the stage directory (resumable), or checks an
-existing checkpoint given with --checkpoint."""
+existing network given with --checkpoint.
+
+A training stage directory is a tf_models.train run directory: config.json, checkpoints/,
+history.json, tensorboard/ (`tensorboard --logdir <it>`), and model.keras, the finished network
+(after its architecture's post-training recipe, e.g. SegNet's BN statistics) in Keras' native format.
+Which trainer runs, with which options, is read from the architecture (tf_models.registry).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from compnn_py import fsio
+from experiments.errors import UserError
 from experiments.steps.data import load_data
 
 
-def train_model(d: Path, cfg, spec, data_stage: Path) -> None:
+def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) -> None:
     from tf_models import registry, train as tft
 
     tr = load_data(data_stage, "train", spec)
     arch = registry.get(cfg.model)
-    if arch.output == "tanh_image":
+    common = dict(steps=cfg.steps, epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
+    if arch.trainer == "pix2pix":
         targets = arch.training_targets(spec.kind, spec.palette, tr.targets)
-        _, history = tft.train_pix2pix(tr.inputs, targets, d, steps=cfg.steps,
-                                       epochs=cfg.epochs, seed=cfg.seed, ngf=cfg.ngf, ndf=cfg.ngf,
-                                       batch_size=cfg.batch_size)
-    else:
+        model, history = tft.train_pix2pix(tr.inputs, targets, d, ngf=cfg.ngf, ndf=cfg.ngf,
+                                           **dict(arch.trainer_options), **common)
+    elif arch.trainer == "segnet":
         q = load_data(data_stage, "query", spec)
-        _, history = tft.train_segnet(tr.inputs, tr.targets, d, val=(q.inputs, q.targets),
-                                      arch=cfg.model.removeprefix("segnet_"), num_classes=spec.num_classes,
-                                      steps=cfg.steps, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                      seed=cfg.seed, checkpoint_every=max(1, len(tr.ids) // cfg.batch_size))
-    (d / "history.json").write_text(json.dumps(history, default=float))
+        model, history = tft.train_segnet(tr.inputs, tr.targets, d, val=(q.inputs, q.targets),
+                                          num_classes=spec.num_classes,
+                                          checkpoint_every=max(1, len(tr.ids) // cfg.batch_size),
+                                          **dict(arch.trainer_options), **common)
+    else:
+        raise UserError(f"{cfg.model} cannot be trained by compnn; give a trained network with --checkpoint")
+    tft.finish_training(model, arch, tr.inputs, batch_size=cfg.batch_size, progress=progress)
+    tft.save_network(model, d / tft.MODEL_FILE)
+    fsio.write_json(d / tft.HISTORY, history)
+
+
+def network_options(cfg) -> dict:
+    """The RunConfig fields that describe a network compnn did not build (None when not set)."""
+    return {"match_layers": getattr(cfg, "match_layers", None), "decode2": getattr(cfg, "decode2", None),
+            "kernel": getattr(cfg, "kernel", None)}
 
 
 def check_checkpoint(d: Path, checkpoint: Path, cfg) -> None:
-    from tf_models import train as tft
+    """Loads the network at --checkpoint once (a compnn run directory, a .keras file or a
+    pix2pix-tensorflow checkpoint), so that a wrong one fails here with one clear line, and records
+    what it is in network.json."""
+    from compnn_py.data import get_task
+    from tf_models import loaders
 
-    tft.load_model(checkpoint, expect=cfg.model)  # fails clearly for another architecture
-    (d / "checkpoint.txt").write_text(str(checkpoint))
+    kind = get_task(cfg.task).kind
+    try:
+        what = loaders.detect(checkpoint)
+        model, arch = loaders.load_network(checkpoint, image_size=cfg.size, kind=kind, expect=cfg.model,
+                                           **network_options(cfg))
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"--checkpoint: {e}") from None
+    fsio.write_json(d / "network.json", {"checkpoint": str(checkpoint), "kind": what,
+                                         **loaders.describe(model, arch)})
 
 
 def checkpoint_stamp(checkpoint: Path) -> float:
-    files = list(checkpoint.rglob("*"))
+    """The newest modification time under --checkpoint (a file or a directory): a network changed in
+    place gets a new train-stage key."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return checkpoint.stat().st_mtime
+    files = list(checkpoint.rglob("*")) if checkpoint.is_dir() else list(checkpoint.parent.glob(checkpoint.name + ".*"))
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
