@@ -192,11 +192,18 @@ inline int workers_for(int64_t threads, int64_t units) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, max_threads(), units})));
 }
 
+// When the calling thread last polled a Cancel: kept across parallel loops, so a search made of many
+// short loops (the flat reference search, the hierarchy's stages) still polls every 100 ms.
+inline std::chrono::steady_clock::time_point& last_cancel_poll() {
+  thread_local std::chrono::steady_clock::time_point t{};
+  return t;
+}
+
 // Runs body(unit, worker) for unit in [0, units) on up to `workers` threads: the calling thread is worker
 // 0 and starts the others. Each worker owns its state (the caller keeps one accumulator per worker and
 // merges them), units are fixed-shape, so results do not depend on which worker ran what: when starting
 // a thread fails, the units simply go to the workers that exist. The calling thread polls `cancel`
-// between its units (at most every 100 ms) and throws Cancelled when it says so; the first exception of
+// before its units (at most every 100 ms) and throws Cancelled when it says so; the first exception of
 // any worker stops the others after their current unit and is rethrown.
 template <class Body>
 void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& body) {
@@ -206,16 +213,15 @@ void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& bod
   std::mutex error_mutex;
   auto run = [&](int w, bool poll) {
     try {
-      auto last = std::chrono::steady_clock::now();
       for (int64_t u; (u = next.fetch_add(1)) < units;) {
-        body(u, w);
         if (poll) {
           const auto now = std::chrono::steady_clock::now();
-          if (now - last >= std::chrono::milliseconds(100)) {
-            last = now;
+          if (now - last_cancel_poll() >= std::chrono::milliseconds(100)) {
+            last_cancel_poll() = now;
             if (cancel()) throw Cancelled();
           }
         }
+        body(u, w);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);

@@ -274,6 +274,18 @@ void test_cancel() {
   const double two = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   std::printf("cancel: stopped after %.3f s (whole search ~%.1f s)\n", secs, two * N / 2);
   CHECK(secs < two * N / 4);
+  // The flat reference search is many short exact searches (one per database image): the poll clock
+  // runs across them, so it is polled about every 100 ms all the same.
+  const int64_t fh = 12, fn = 4000;
+  auto fq = random_relu(fh * fh * 8, rng), fd = random_relu(fn * fh * fh * 8, rng);
+  int polls = 0;
+  const auto t2 = std::chrono::steady_clock::now();
+  cnn_core::patch_topk_flat(Tensor{fq.data(), DType::F32, {fh, fh, 8}}, Tensor{fd.data(), DType::F32, {fn, fh, fh, 8}},
+                            {}, 3, 1, 1, [&] { return ++polls < 0; });
+  const double flat_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+  std::printf("cancel: flat search of %.3f s polled %d times\n", flat_secs, polls);
+  CHECK(polls >= 1 && polls <= flat_secs / 0.1 + 1);
+  if (flat_secs > 0.3) CHECK(polls >= flat_secs / 0.1 / 2);
 }
 
 // Cosine ignores scale: results of x * 1e30 or x * 1e-30 (float32 would overflow / underflow the
