@@ -276,12 +276,20 @@ def run(s: dict[str, Any]) -> list[tuple[str, Stage]]:
                              exact_queries=s["exact_queries"], out_dir=out_dir, checkpoint_stamp=stamp)
         stages = {name: Stage(cache, name, keys[name], resumable=name == "train" and not s["checkpoint"])
                   for name in STAGES}
+        if stages["data"].done():  # known before anything runs; else checked right after the data stage
+            _check_shortlist(s, stages["data"])
         todo = plan(s, stages)
         for name in STAGES[:STAGES.index(s["stages"][-1]) + 1]:
             if name not in todo:
                 stages[name].state = "cached" if stages[name].record() else "not needed"
         _run_stages(s, stages, todo)
         return [(name, stages[name]) for name in STAGES]
+
+
+def _check_shortlist(s, data: Stage) -> None:
+    n_train = data_step.count(data.dir, "train")
+    if s["match_method"] != "exact" and s["cfg"].shortlist > n_train:
+        raise UserError(f"--shortlist {s['cfg'].shortlist} exceeds the {n_train} training images")
 
 
 def _engine(s):
@@ -301,10 +309,8 @@ def _run_stages(s, stages: dict[str, Stage], todo: list[str]) -> None:
             stages[name].run(fn, force=True, **kw)  # plan() decided it must compute
 
     go("data", lambda d: data_step.prepare_data(d, cfg, spec, s["data_dir"], s["query_split"]))
-    if any(n in todo for n in ("compnn", "analyses")) and s["match_method"] != "exact":
-        n_train = data_step.count(data.dir, "train")
-        if cfg.shortlist > n_train:
-            raise UserError(f"--shortlist {cfg.shortlist} exceeds the {n_train} training images")
+    if any(n in todo for n in ("compnn", "analyses")):
+        _check_shortlist(s, data)
     if s["checkpoint"] is not None:
         go("train", lambda d: train_step.check_checkpoint(d, s["checkpoint"], cfg))
         model_dir = s["checkpoint"]

@@ -69,14 +69,15 @@ def test_every_promised_file_is_well_formed(tiny_run):
     parser = _Refs()
     parser.feed((out / "report.html").read_text())
     assert parser.refs, "the report references no files"
-    for ref in parser.refs:
-        assert (out / ref).is_file(), f"report.html references missing {ref}"
-    # The hover data: each query's source file names training images that the report ships.
-    src = (out / "sources" / "0.js").read_text()
-    data = json.loads(re.search(r"= (\{.*\});", src).group(1))
-    assert len(data["image"]) == data["h"] * data["w"]
-    for row in set(data["image"]):
-        assert (out / "train_images" / f"{row}.png").is_file()
+    for ref in parser.refs:  # self-contained: pictures embedded, links within the page
+        assert ref.startswith(("data:", "#")), f"report.html references another file: {ref[:80]}"
+    # The hover data, embedded: each query's sources name training images the page embeds.
+    html = (out / "report.html").read_text()
+    data = json.loads(re.search(r"id='compnn-data'>(.*?)</script>", html, re.S).group(1).replace("<\\/", "</"))
+    q = data["queries"][0]
+    assert len(q["image"]) == q["h"] * q["w"]
+    for row in set(q["image"]):
+        assert str(row) in data["train"]
 
 
 def test_second_run_uses_the_caches(tiny_run):
@@ -108,7 +109,7 @@ def test_wrong_layout_and_wrong_checkpoint_fail_cleanly(tmp_path, tiny_run):
     assert res.returncode == 2 and "Traceback" not in res.stderr and str(empty) in res.stderr
     # A Pix2Pix checkpoint handed to the SegNet task.
     ckpt = next((out / "cache").glob("train-*"))
-    res = _run("--task=camvid", f"--checkpoint={ckpt}", "--n_train=4", "--n_query=1",
+    res = _run("--task=camvid", f"--checkpoint={ckpt}", "--n_train=4", "--n_query=1", "--shortlist=2",
                f"--out_dir={tmp_path / 'b'}")
     assert res.returncode == 2 and "pix2pix" in res.stderr and "Traceback" not in res.stderr
     # Results of the earlier run are untouched.

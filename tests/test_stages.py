@@ -98,8 +98,9 @@ def test_exact_queries_is_no_input_of_a_single_method():
 
 # ---- the behaviour behind the keys, on a tiny real run ---------------------------------------------
 
-def _drive(out, *args, caplog=None):
-    """Runs the driver in this process; returns (exit status, stderr, {stage: state})."""
+def _drive(out, *args):
+    """Runs the driver in this process; returns (exit status, stderr, {stage: state}); the stage
+    directories of the last run are in DIRS."""
     _parse(*BASE, f"--out_dir={out}", *args)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -109,7 +110,11 @@ def _drive(out, *args, caplog=None):
         parts = line.split()
         if len(parts) >= 2 and parts[0] in run.STAGES and line.startswith("  "):
             states[parts[0]] = " ".join(parts[1:3]) if parts[1] == "not" else parts[1]
+            DIRS[parts[0]] = Path(parts[-1])
     return rc, stderr.getvalue(), states
+
+
+DIRS: dict[str, Path] = {}
 
 
 def _ran(states):
@@ -140,7 +145,7 @@ def test_a_matcher_knob_reruns_only_the_matching_stages(base_run):
 
 def test_a_longer_training_resumes_from_the_saved_step(base_run, caplog):
     with caplog.at_level(logging.INFO):
-        rc, err, states = _drive(base_run, "--steps=40")
+        rc, err, states = _drive(base_run, "--steps=40", "--verbosity=0")
     assert rc == 0, err
     assert states["train"] == "resumed" and states["data"] == "cached"
     assert _ran(states) == {"train"} | AFTER_TRAIN
@@ -160,8 +165,8 @@ def test_deleted_or_corrupt_outputs_are_rebuilt(base_run):
     rc, err, states = _drive(base_run)
     assert rc == 0, err
     assert _ran(states) == {"report"} and (base_run / "report.html").exists()
-    done = next(base_run.glob("cache/compnn-*/DONE.json"))
-    compnn_dir = done.parent
+    compnn_dir = DIRS["compnn"]
+    done = compnn_dir / "DONE.json"
     (compnn_dir / "sources.npy").write_bytes(b"truncated")
     rc, err, states = _drive(base_run, "--stages=compnn")
     assert rc == 0, err
@@ -205,7 +210,7 @@ def test_partial_runs_then_a_full_run_reuses_them(tmp_path):
     assert rc == 0, err and _ran(states) == MATCHING
     # A stage that is needed but neither cached nor selected is named.
     rc, err, _ = _drive(tmp_path, "--stages=compnn", "--seed=5")
-    assert rc == 2 and "stage data is needed" in err
+    assert rc == 2 and "stage export is needed" in err
 
 
 def test_metrics_json_is_strict_json(base_run):
