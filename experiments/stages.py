@@ -100,12 +100,15 @@ class Stage:
             logging.info("stage %s: cached in %s (took %.1f s when it ran)", self.name, self.dir,
                          self.recorded_seconds)
             return False
-        in_place = self.resumable and not force and self.dir.is_dir()
+        # A resumable stage works in place from its first run too: its checkpoints must survive an
+        # interrupt (a temporary directory would be removed with them). --force starts aside, fresh.
+        in_place = self.resumable and not force
         work = self.dir if in_place else fsio.temp_sibling(self.dir)
         logging.info("stage %s: %s in %s", self.name, "continuing" if in_place else "running", self.dir)
         start = time.perf_counter()
         try:
             if in_place:
+                self.dir.mkdir(parents=True, exist_ok=True)
                 (self.dir / DONE).unlink(missing_ok=True)
             published = fn(work) or ()
             self.seconds = time.perf_counter() - start
