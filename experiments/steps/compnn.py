@@ -177,6 +177,9 @@ def query_task(export_dir: str, q: int, job: dict[str, Any]) -> dict[str, Any]:
 
 def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
                exact_queries: int | None = None, engine=None) -> None:
+    """Write table1.{csv,md}, outputs.npz (every row's predictions), sources.npy ((Q, 3, h, w) int32: the
+    Table 1 matcher's (image, y, x) per native position) and metrics.json into `d`. `match_method`: one of
+    METHODS, or "both" (see the module docstring); `engine`: run the queries as its tasks."""
     db, query = open_stores(export_dir)
     ms = db.metadata["match_spec"]
     plan = plan_queries(db, len(query), cfg, match_method, exact_queries)
