@@ -126,3 +126,10 @@ def test_analyses_on_two_workers_write_the_same_files(export, engine, tmp_path):
     assert names == sorted(p.name for p in two.iterdir()) and any(n.endswith(".png") for n in names)
     for name in names:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def test_scheduler_address_uses_an_existing_cluster(engine):
+    with dist.engine(scheduler=engine.cluster.scheduler_address, threads=1) as remote:
+        assert remote.describe()["kind"] == "scheduler" and remote.describe()["workers_at_start"] == 2
+        assert remote.map(pow, [(3, k) for k in range(4)]) == [1, 3, 9, 27]
+    assert engine.map(pow, [(2, 3)]) == [8]  # closing that client left the cluster running
