@@ -85,6 +85,20 @@ def test_a_plain_keras_network_is_explained_end_to_end(tmp_path, saved_network):
     assert {n: q.layer_meta(n)["stride"] for n in q.layer_names} == {"bottleneck": 4, "dec2": 2, "dec1": 1}
     assert q.metadata["match_spec"]["decode2"] == "dec1" and q.metadata["activation_pair"] == ["dec2", "dec1"]
 
+    # --export_layers=all: every map on a grid that divides the input, the same layers' bytes unchanged.
+    res = subprocess.run([sys.executable, "-m", "experiments.run", "--task=camvid", f"--size={SIZE[0]},{SIZE[1]}",
+                          f"--n_train={N_TRAIN}", f"--n_query={N_QUERY}", "--shortlist=4", "--coarse_k=4",
+                          f"--checkpoint={path}", f"--match_layers={LAYERS}", "--export_layers=all",
+                          "--stages=data,train,export", f"--out_dir={out}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    full = [json.loads(p.read_text()) for p in (out / "cache").glob("export-*/export.json")]
+    full = next(e for e in full if e["export_layers"] == "all")
+    assert set(full["layers"]) == {"scale", "enc1", "enc2", "bottleneck", "up2", "dec2", "up1", "dec1", "logits"}
+    used, every = info["splits"]["train"], full["splits"]["train"]
+    assert every["bytes_per_image"] > used["bytes_per_image"]
+    assert all(every["layer_bytes_per_image"][n] == b for n, b in used["layer_bytes_per_image"].items())
+
 
 def test_custom_architecture_geometry_by_hand():
     """Strides from the shapes; kernels from the conv or pool that reads a map, through layers that
