@@ -132,3 +132,29 @@ def test_match_spec(small):
 def test_bad_geometry(kwargs):
     with pytest.raises(ValueError):
         pix2pix.build_generator(**kwargs)
+
+
+_WEIGHTS_DIGEST = """
+import hashlib, keras, numpy as np
+from tf_models import pix2pix
+keras.utils.set_random_seed(7)
+g = pix2pix.build_generator(32, ngf=4)
+d = pix2pix.build_discriminator(32, ndf=4)
+print(hashlib.sha1(b"".join(np.asarray(w).tobytes() for w in g.get_weights() + d.get_weights())).hexdigest())
+"""
+
+
+def test_initial_weights_are_a_function_of_the_seed_and_distinct_per_layer():
+    import subprocess
+    import sys
+
+    # Two processes, same seed: the same weights (an initializer made at import drew its seed before
+    # set_random_seed, so each process started from different weights).
+    digests = {subprocess.run([sys.executable, "-c", _WEIGHTS_DIGEST], capture_output=True, text=True,
+                              check=True).stdout.split()[-1] for _ in range(2)}
+    assert len(digests) == 1
+    # Layers of the same shape start from different weights (a shared seeded initializer repeats them).
+    tf.keras.utils.set_random_seed(0)
+    g = pix2pix.build_generator(64, ngf=8)
+    a, b = (np.asarray(g.get_layer(f"encoder_{k}_conv").kernel) for k in (5, 6))
+    assert a.shape == b.shape and not np.array_equal(a, b)

@@ -53,9 +53,7 @@ def test_pix2pix_overfits_one_pair(tmp_path, pix_pair):
                                   log_every=25, progress=False)
     l1 = [e["gen_loss_L1"] for e in hist["train"]]
     assert len(l1) == 12
-    # Measured 0.50 -> 0.12-0.13 over repeated runs (CPU kernels are not bit-reproducible across
-    # processes, so the curve varies slightly): a clear fall, with margin below the measured ~4x.
-    assert l1[-1] < l1[0] / 3, l1
+    assert l1[-1] < l1[0] / 3, l1  # measured 0.51 -> 0.12 (4.2x) on the smooth random pair
 
 
 def test_segnet_overfits_and_validation_scores_are_right(tmp_path):

@@ -30,7 +30,14 @@ import tensorflow as tf
 
 from .layers import BatchNorm, Dropout
 
-_INIT = dict(kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), bias_initializer="zeros")
+
+def _init():
+    """A fresh N(0, 0.02) initializer per layer. One shared instance made at import would draw its seed
+    before keras.utils.set_random_seed (different weights in every process) and, being seeded, give
+    every layer of the same shape the same weights."""
+    return dict(kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), bias_initializer="zeros")
+
+
 _BN = dict(momentum=0.1, epsilon=1e-5, gamma_stddev=0.02)
 GENERATOR_NAME = "pix2pix_generator"
 DISCRIMINATOR_NAME = "pix2pix_discriminator"
@@ -74,7 +81,7 @@ def build_generator(image_size=256, in_channels=3, out_channels=3, ngf=64, depth
     for k in range(1, depth + 1):
         if k > 1:
             x = keras.layers.LeakyReLU(0.2, name=f"encoder_{k}_lrelu")(x)
-        x = keras.layers.Conv2D(chans[k - 1], 4, 2, padding="same", name=f"encoder_{k}_conv", **_INIT)(x)
+        x = keras.layers.Conv2D(chans[k - 1], 4, 2, padding="same", name=f"encoder_{k}_conv", **_init())(x)
         if k > 1 and (k < depth or innermost_norm):
             x = BatchNorm(name=f"encoder_{k}_bn", **bn)(x)
         x = keras.layers.Identity(name=f"encoder_{k}")(x)
@@ -86,7 +93,7 @@ def build_generator(image_size=256, in_channels=3, out_channels=3, ngf=64, depth
         x = keras.layers.ReLU(name=f"decoder_{k}_input")(x)
         filters = out_channels if k == 1 else chans[k - 2]
         x = keras.layers.Conv2DTranspose(filters, 4, 2, padding="same", name=f"decoder_{k}_deconv",
-                                         **_INIT)(x)
+                                         **_init())(x)
         if k == 1:
             x = keras.layers.Activation("tanh", name="decoder_1")(x)
             break
@@ -111,7 +118,7 @@ def build_discriminator(image_size=256, in_channels=3, out_channels=3, ndf=64, n
 
     def conv(x, filters, stride, name):
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-        return keras.layers.Conv2D(filters, 4, stride, padding="valid", name=f"{name}_conv", **_INIT)(x)
+        return keras.layers.Conv2D(filters, 4, stride, padding="valid", name=f"{name}_conv", **_init())(x)
 
     x = keras.layers.LeakyReLU(0.2, name="layer_1")(conv(x, ndf, 2, "layer_1"))
     for i in range(n_layers):
