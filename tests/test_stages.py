@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from absl import flags  # noqa: E402
+from absl import flags, logging as absl_logging  # noqa: E402
 
 from experiments import run  # noqa: E402
 from experiments.stages import Stage  # noqa: E402
@@ -59,6 +59,14 @@ TABLE = {
     "workers": (["--workers=2"], set()),
     "scheduler": (["--scheduler=tcp://127.0.0.1:8786"], set()),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_global_flags():
+    """Parsing the driver's flags sets absl's verbosity (a process-wide logger level): put it back."""
+    yield
+    FLAGS.unparse_flags()
+    absl_logging.get_absl_logger().setLevel(logging.NOTSET)
 
 
 def _parse(*args):
