@@ -40,6 +40,20 @@ import numpy as np  # noqa: E402
 NOISE = 0.05
 
 
+def rss_parts_mb() -> dict:
+    """Resident memory now, split: anonymous (the process's own) and file-backed (mapped store pages the
+    kernel can drop at will)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: that survives execve, so a
     child would report its parent's size at fork time when the parent was larger."""
@@ -127,7 +141,8 @@ def phase_search(args) -> dict:
                             global_layer=ms["global"], coarse_layer=ms["coarse"], shortlist=args.shortlist,
                             coarse_k=args.coarse_k, margin=args.margin, threads=args.threads)
         per_query.append(time.perf_counter() - t)
-    return {"n": args.n, "seconds_per_query": per_query, "global_seconds": global_s, "peak_rss_mb": peak_rss_mb()}
+    return {"n": args.n, "seconds_per_query": per_query, "global_seconds": global_s, "peak_rss_mb": peak_rss_mb(),
+            **{f"{k}_mb": v for k, v in rss_parts_mb().items()}}
 
 
 def _child(args, phase: str, **extra) -> dict:
@@ -158,7 +173,9 @@ def plot(results: dict, path: Path) -> None:
     a.set(xscale="log", yscale="log", xlabel="training images N", ylabel="seconds per query image",
           title=f"Pix2Pix {results['size']}², ngf {results['ngf']}, S = {results['shortlist']}")
     a.legend(fontsize=8)
-    b.plot(ns, [r["peak_rss_mb"] for r in results["search"]], "o-", label="search process")
+    b.plot(ns, [r["peak_rss_mb"] for r in results["search"]], "o-", label="search process (peak)")
+    if all("RssAnon_mb" in r for r in results["search"]):
+        b.plot(ns, [r["RssAnon_mb"] for r in results["search"]], "s--", label="of which anonymous (end)")
     b.axhline(results["export"]["export_peak_rss_mb"], color="gray", ls=":", label="export process")
     b.set(xscale="log", xlabel="training images N", ylabel="peak RSS (MB)", ylim=(0, None), title="memory")
     b.legend(fontsize=8)
@@ -232,7 +249,8 @@ def main() -> None:
             search.append(r)
             print(f"N = {n:5d}: hierarchical {', '.join(f'{s:.2f}' for s in r['seconds_per_query'])} s per query "
                   f"(global shortlist {np.median(r['global_seconds']) * 1e3:.1f} ms), peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{r['peak_rss_mb']:.0f} MB (at the end: {r.get('RssAnon_mb', float('nan')):.0f} MB anonymous, "
+                  f"{r.get('RssFile_mb', float('nan')):.0f} MB mapped store pages)", flush=True)
         results = {"size": args.size, "ngf": args.ngf, "shortlist": args.shortlist, "coarse_k": args.coarse_k,
                    "margin": args.margin, "threads": args.threads, "export_n": args.export_n,
                    "random_weights": True, "export": exported, "database_row_bytes": row_bytes, "search": search}

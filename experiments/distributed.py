@@ -102,9 +102,16 @@ def engine(workers: int | None = None, scheduler: str | None = None, threads: in
         return Engine(client, None, threads, {"kind": "scheduler", "address": scheduler, "workers_at_start": n})
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    import logging
+
+    # The scheduler and nannies live in this process; the driver logs at INFO, which would print every
+    # worker start and stop.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     total = threads or cpu_count()
     per_worker = max(1, total // workers)
-    env = {k: str(per_worker) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    # Dask's own default (one BLAS/OpenMP thread per worker) with this machine's share instead of 1.
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+               **{k: str(per_worker) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.nanny.pre-spawn-environ": env}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
