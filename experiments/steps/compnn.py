@@ -9,7 +9,7 @@ fast matcher chosen by `choose_method`, and exact search is run on a few queries
 
 * Which fast matcher: "shortlist" when exact search within the shortlist costs at most
   SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
-  a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e14).
+  a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e13).
 * How many queries get the reference searches (`exact_query_count`), counted separately for exact over
   the whole database and exact within the shortlist, each costed by `search_cost`: every query when
   all of them together cost at most EXACT_ALL_BUDGET multiply-adds; else the first
