@@ -61,11 +61,15 @@ flags.DEFINE_list("stages", list(STAGES), f"Stages to run, any subset of {','.jo
                   "to the last one named run; the unnamed ones before it must be cached already.")
 flags.DEFINE_bool("force", False, "Redo the selected stages even when cached (each is rebuilt aside and "
                   "replaces the cached one only when it succeeded; training restarts from step 0).")
-flags.DEFINE_enum("match_method", "both", ["exact", "hierarchical", "both"], "Matcher for CompNN: exact "
-                  "search over every training position, the hierarchical prune, or both (Table 1 uses "
-                  "hierarchical when both, and reports their agreement).")
-flags.DEFINE_integer("exact_queries", None, "With --match_method=both, run the (slow) exact search only on "
-                     "the first N query images to measure the hierarchical prune against it.")
+flags.DEFINE_enum("match_method", "both", ["exact", "shortlist", "hierarchical", "both"], "Matcher for CompNN: "
+                  "exact search over every training position, exact search within the bottleneck shortlist, "
+                  "the hierarchical prune (shortlist -> coarse -> fine), or both: Table 1 uses the fast matcher "
+                  "chosen by cost (shortlist where exact search within it is cheap, else hierarchical) and "
+                  "the report measures it against exact search on some queries (see --exact_queries).")
+flags.DEFINE_integer("exact_queries", None, "With --match_method=both: run the exact comparisons (within the "
+                     "shortlist and over all training images) on the first N query images. Default: every "
+                     "query where that is cheap, else the first 3, else none (the rule is written to "
+                     "metrics.json).")
 flags.DEFINE_integer("shortlist", None, "Hierarchical matcher: images kept by the bottleneck shortlist (S). "
                      "Paper: 100 for Cityscapes, 10 for CamVid.")
 flags.DEFINE_integer("coarse_k", None, "Hierarchical matcher: candidates kept per coarse position.")
@@ -193,9 +197,10 @@ def stage_configs(cfg, *, data_dir, query_split, checkpoint, match_method, exact
                       "layers": cfg.export_layers, "match_layers": cfg.match_layers, "decode2": cfg.decode2,
                       "kernel": cfg.kernel}
     export = config_hash(keys["export"])
-    hier = match_method != "exact"
-    knobs = {"method": match_method, "shortlist": cfg.shortlist if hier else None,
-             "coarse_k": cfg.coarse_k if hier else None, "margin": cfg.margin if hier else None}
+    shortlisted = match_method != "exact"              # the shortlist's size S matters
+    pruned = match_method in ("hierarchical", "both")  # the coarse-to-fine prune's knobs matter
+    knobs = {"method": match_method, "shortlist": cfg.shortlist if shortlisted else None,
+             "coarse_k": cfg.coarse_k if pruned else None, "margin": cfg.margin if pruned else None}
     keys["compnn"] = {"export": export, **knobs,
                       "exact_queries": exact_queries if match_method == "both" else None}
     keys["analyses"] = {"export": export, **knobs}

@@ -99,6 +99,12 @@ def test_a_flag_changes_exactly_the_keys_of_the_stages_it_affects(flag, tmp_path
     assert {name for name in run.STAGES if base[name] != changed[name]} == expected
 
 
+def test_the_prune_knobs_are_no_input_of_exact_search_within_the_shortlist():
+    args = [*BASE, "--match_method=shortlist"]
+    assert _keys(args, Path("/tmp")) == _keys([*args, "--coarse_k=2", "--margin=3"], Path("/tmp"))
+    assert _keys(args, Path("/tmp"))["compnn"] != _keys([*args, "--shortlist=3"], Path("/tmp"))["compnn"]
+
+
 def test_exact_queries_is_no_input_of_a_single_method():
     args = [*BASE, "--match_method=hierarchical"]
     assert _keys(args, Path("/tmp")) == _keys([*args, "--exact_queries=1"], Path("/tmp"))

@@ -196,7 +196,7 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
 
     rows = {name: [r["rows"][name] for r in results] for name in metrics.TABLE1_ROWS}
     table, stacked = compose.table1_score(db, rows, np.asarray(query.labels), spec.num_classes)
-    table.title = f"Table 1 — {cfg.task} ({cfg.model}, {len(query)} query images, CompNN: {main} matching)"
+    table.title = f"Table 1 — {cfg.task} ({db.model}, {len(query)} query images, CompNN: {main} matching)"
     table.write(d / "table1")
     np.savez_compressed(d / "outputs.npz", **{k.replace(" ", "_"): v for k, v in stacked.items()})
     np.save(d / "sources.npy", np.stack([r["sources"] for r in results]))
@@ -206,7 +206,7 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
             seconds[m].append(s)
     fine_meta = db.layer_meta(ms["fine"])
     summary: dict[str, Any] = {
-        "task": cfg.task, "model": cfg.model, "n_train": len(db), "n_query": len(query),
+        "task": cfg.task, "model": db.model, "n_train": len(db), "n_query": len(query),
         "fine_layer": ms["fine"], "fine_shape": fine_meta["shape"][1:], "kernel": fine_meta["kernel"],
         "stride": fine_meta["stride"], "table1_matching": main,
         "table1": {r: dict(zip(table.columns, map(float, v))) for r, v in zip(table.rows, table.values)},

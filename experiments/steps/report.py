@@ -484,7 +484,7 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
              f"<p>CompNN explains a CNN's output pixel by pixel: each pixel is copied from the training image "
              f"whose internal features, around the matching position, are most similar to the query's. If the "
              f"collage matches the CNN's output, the network behaves like a lookup of training patches. This "
-             f"run: task <b>{esc(cfg.task)}</b>, network <b>{esc(cfg.model)}</b> ({esc(cfg.preset)} preset), "
+             f"run: task <b>{esc(cfg.task)}</b>, network <b>{esc(db.model)}</b> ({esc(cfg.preset)} preset), "
              f"{summary['n_train']} training and {summary['n_query']} query images at "
              f"{cfg.size[0]}×{cfg.size[1]} pixels.</p>")
     sections = [("legend", "Class colours", _legend_section(spec, is_labels)),
