@@ -103,8 +103,9 @@ class Stage:
         # A resumable stage works in place from its first run too: its checkpoints must survive an
         # interrupt (a temporary directory would be removed with them). --force starts aside, fresh.
         in_place = self.resumable and not force
+        continued = in_place and self.dir.is_dir()  # an earlier (interrupted or shorter) run is continued
         work = self.dir if in_place else fsio.temp_sibling(self.dir)
-        logging.info("stage %s: %s in %s", self.name, "continuing" if in_place else "running", self.dir)
+        logging.info("stage %s: %s in %s", self.name, "continuing" if continued else "running", self.dir)
         start = time.perf_counter()
         try:
             if in_place:
@@ -122,7 +123,7 @@ class Stage:
             raise
         if not in_place:
             fsio.publish_dir(work, self.dir)
-        self.state = "resumed" if in_place else "ran"
+        self.state = "resumed" if continued else "ran"
         logging.info("stage %s: done in %.1f s", self.name, self.seconds)
         return True
 

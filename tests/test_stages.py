@@ -140,7 +140,7 @@ def base_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("stages")
     rc, err, states = _drive(out)
     assert rc == 0, err
-    assert _ran(states) == ALL
+    assert set(states.values()) == {"ran"}  # a first training is no resumed one
     return out
 
 
