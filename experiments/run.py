@@ -152,16 +152,17 @@ def settings() -> dict[str, Any]:
     if FLAGS.query_split is not None and FLAGS.query_split not in spec.splits:
         raise UserError(f"--query_split must be one of {', '.join(spec.splits)} for {FLAGS.task}, "
                         f"got {FLAGS.query_split!r}")
+    from tf_models import registry  # architecture facts: one place (imports TensorFlow)
+
+    family = registry.get(FLAGS.model).trainer if FLAGS.model else None
     try:
-        cfg = run_config(FLAGS.task, FLAGS.preset, real_data=data_dir is not None, model=FLAGS.model,
+        cfg = run_config(FLAGS.task, FLAGS.preset, real_data=data_dir is not None, family=family, model=FLAGS.model,
                          steps=FLAGS.steps, epochs=FLAGS.epochs, size=size, n_train=FLAGS.n_train,
                          n_query=FLAGS.n_query, seed=FLAGS.seed, shortlist=FLAGS.shortlist,
                          coarse_k=FLAGS.coarse_k, margin=FLAGS.margin, export_layers=FLAGS.export_layers,
                          match_layers=FLAGS.match_layers, decode2=FLAGS.decode2, kernel=FLAGS.kernel)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from tf_models import registry  # architecture facts: one place (imports TensorFlow)
-
     if checkpoint is None and registry.get(cfg.model).square_power_of_two and (
             cfg.size[0] != cfg.size[1] or cfg.size[0] & (cfg.size[0] - 1)):
         raise UserError(f"{cfg.model} needs a square power-of-two size, got {cfg.size[0]},{cfg.size[1]}")

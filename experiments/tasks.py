@@ -39,37 +39,35 @@ class RunConfig:
         return asdict(self)
 
 
-_PIX2PIX_QUICK = dict(model="pix2pix", size=(64, 64), n_train=200, n_query=12, steps=2000, ngf=16,
-                      shortlist=20)
-_PIX2PIX_PAPER = dict(model="pix2pix", size=(256, 256), n_train=None, n_query=None, epochs=200, ngf=64,
-                      shortlist=100)
-
-_TABLE: dict[tuple[str, str], dict[str, Any]] = {
-    **{(t, "quick"): _PIX2PIX_QUICK for t in ("cityscapes", "facades", "facades_labels", "maps")},
-    **{(t, "paper"): _PIX2PIX_PAPER for t in ("cityscapes", "facades", "facades_labels", "maps")},
-    ("camvid", "quick"): dict(model="segnet_basic", size=(48, 64), n_train=150, n_query=12, epochs=12,
-                              batch_size=4, shortlist=10),
-    ("camvid", "paper"): dict(model="segnet_basic", size=(360, 480), n_train=None, n_query=None, epochs=300,
-                              batch_size=4, shortlist=10),
+# Training settings of each family of networks (tf_models.registry: Architecture.trainer), by preset.
+_FAMILIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("pix2pix", "quick"): dict(model="pix2pix", size=(64, 64), steps=2000, ngf=16, shortlist=20),
+    ("pix2pix", "paper"): dict(model="pix2pix", size=(256, 256), epochs=200, ngf=64, shortlist=100),
+    ("segnet", "quick"): dict(model="segnet_basic", size=(48, 64), epochs=12, batch_size=4, shortlist=10),
+    ("segnet", "paper"): dict(model="segnet_basic", size=(360, 480), epochs=300, batch_size=4, shortlist=10),
 }
+# Real data with the quick preset: every image, at the largest size a CPU trains in minutes (SegNet:
+# quarter CamVid resolution).
+_REAL_QUICK = {"pix2pix": {}, "segnet": dict(size=(90, 120), epochs=10)}
+# Each task's own family of networks (the paper's), and its image counts with the quick preset.
+_TASKS = {"cityscapes": "pix2pix", "facades": "pix2pix", "facades_labels": "pix2pix", "maps": "pix2pix",
+          "camvid": "segnet"}
+_QUICK_COUNTS = {"pix2pix": dict(n_train=200, n_query=12), "segnet": dict(n_train=150, n_query=12)}
 
 
-def run_config(task: str, preset: str, *, real_data: bool, **overrides) -> RunConfig:
-    """The preset for `task`, adjusted for real data (all images, CPU-sized) and for overrides."""
-    if (task, preset) not in _TABLE:
+def run_config(task: str, preset: str, *, real_data: bool, family: str | None = None, **overrides) -> RunConfig:
+    """The preset for `task`, adjusted for real data (all images, CPU-sized) and for overrides. `family`
+    is the trainer family of an overriding --model (default: the task's own): the training settings come
+    from that family, the image counts from the task."""
+    if task not in _TASKS or preset not in PRESETS:
         raise ValueError(f"no preset {preset!r} for task {task!r}; presets: {PRESETS}")
-    fields = dict(_TABLE[(task, preset)])
-    model = overrides.get("model")
-    if model is not None and model.startswith("segnet") != fields["model"].startswith("segnet"):
-        # Another family of network: take that family's training settings, keep the task's data counts.
-        other = _TABLE[("camvid", preset)] if model.startswith("segnet") else (
-            _PIX2PIX_QUICK if preset == "quick" else _PIX2PIX_PAPER)
-        fields = dict(other, n_train=fields["n_train"], n_query=fields["n_query"])
+    family = family or _TASKS[task]
+    if (family, preset) not in _FAMILIES:
+        raise ValueError(f"no {preset!r} preset for networks trained as {family!r}")
+    counts = _QUICK_COUNTS[_TASKS[task]] if preset == "quick" else dict(n_train=None, n_query=None)
+    fields = dict(_FAMILIES[(family, preset)], **counts)
     if real_data and preset == "quick":
-        # Real data: every image; SegNet at quarter CamVid resolution, the largest a CPU trains in minutes.
-        fields.update(n_train=None, n_query=None)
-        if fields["model"].startswith("segnet"):
-            fields.update(size=(90, 120), epochs=10)
+        fields.update(n_train=None, n_query=None, **_REAL_QUICK[family])
     clean = {k: v for k, v in overrides.items() if v is not None}
     if "steps" in clean:
         clean.setdefault("epochs", None)
