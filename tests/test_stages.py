@@ -203,6 +203,43 @@ def test_bad_flags_fail_before_anything_is_touched(base_run):
     assert table.read_bytes() == before
 
 
+def test_a_failed_forced_stage_leaves_the_cached_one_untouched(base_run, monkeypatch):
+    rc, err, _ = _drive(base_run)
+    assert rc == 0, err
+    compnn_dir = DIRS["compnn"]
+    before = {p.name: p.read_bytes() for p in compnn_dir.iterdir() if p.is_file()}
+
+    def broken(d, *args, **kwargs):
+        (d / "sources.npy").write_bytes(b"half-written")
+        raise RuntimeError("matcher crashed")
+
+    monkeypatch.setattr(run.compnn_step, "run_compnn", broken)
+    rc, err, _ = _drive(base_run, "--force", "--stages=compnn")
+    assert rc == 1 and "matcher crashed" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in compnn_dir.iterdir() if p.is_file()} == before
+    assert not list((base_run / "cache").glob(".compnn-*"))  # its temporary directory is gone too
+
+
+def test_force_retrains_a_finished_training_from_step_0(tmp_path):
+    rc, err, states = _drive(tmp_path, "--stages=data,train", "--steps=6")
+    assert rc == 0, err
+    first = json.loads((DIRS["train"] / "history.json").read_text())
+    rc, err, states = _drive(tmp_path, "--stages=data,train", "--steps=6", "--force")
+    assert rc == 0, err
+    assert states["train"] == "ran" and states["data"] == "ran"
+    again = json.loads((DIRS["train"] / "history.json").read_text())
+    # Trained again from step 0 with the same seed: the same curve, not a continuation past step 6.
+    assert [e["step"] for e in again["train"]] == [e["step"] for e in first["train"]]
+    assert again["train"][-1]["step"] == 6
+
+
+def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "not_a_dir"
+    f.write_text("a user's file")
+    rc, err, _ = _drive(f)
+    assert rc == 2 and "not a directory" in err and f.read_text() == "a user's file"
+
+
 def test_a_second_run_on_the_same_directory_is_refused(base_run):
     from compnn_py import fsio
 
