@@ -83,7 +83,7 @@ def test_a_plain_keras_network_is_explained_end_to_end(tmp_path, saved_network):
     np.testing.assert_array_equal(np.asarray(q.cnn_outputs), want)
     assert {n: q.layer_meta(n)["kernel"] for n in q.layer_names} == {"bottleneck": 1, "dec2": 1, "dec1": 1}
     assert {n: q.layer_meta(n)["stride"] for n in q.layer_names} == {"bottleneck": 4, "dec2": 2, "dec1": 1}
-    assert q.metadata["match_spec"]["decode2"] == "dec1" and q.metadata["activation_pair"] == ["dec2", "dec1"]
+    assert q.metadata["match_spec"]["decode2"] == "dec1" and q.metadata["activation_pairs"] == [["dec2", "dec1"]]
 
     # --export_layers=all: every map on a grid that divides the input, the same layers' bytes unchanged.
     res = subprocess.run([sys.executable, "-m", "experiments.run", "--task=camvid", f"--size={SIZE[0]},{SIZE[1]}",
@@ -126,7 +126,7 @@ def test_custom_architecture_geometry_by_hand():
     ms = arch.match_spec(model)
     assert (ms["global"], ms["coarse"], ms["fine"], ms["decode2"]) == ("d", "e", "b", "b")
     assert ms["kernel"] == {"d": 1, "e": 4, "b": 5} and ms["stride"] == {"d": 4, "e": 2, "b": 1}
-    assert arch.sweep_layers(model) == ["d", "e", "b"] and arch.activation_pair(model) == ("e", "b")
+    assert arch.sweep_layers(model) == ["d", "e", "b"] and arch.activation_pairs(model) == [("e", "b")]
     assert registry.custom(model, "global:d,coarse:e,fine:b", kind="segmentation", kernel=3,
                            decode2="g").match_spec(model)["kernel"]["b"] == 3
     labels = arch.postprocess("segmentation", np.zeros((4, 3), np.uint8))(np.eye(11)[None, None, [0, 3, 7]])

@@ -59,6 +59,12 @@ def test_every_promised_file_is_well_formed(tiny_run):
     assert all(r in md for r in ROWS)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["synthetic_data"] is True
+    # Activation prediction at two depths of the decoder (the registry's layer pairs), per analysed query.
+    acts = metrics["analyses"]["queries"][0]["activation_prediction"]
+    assert [(a["source"], a["target"]) for a in acts] == [("decoder_3_input", "decoder_3"),
+                                                          ("decoder_2_input", "decoder_2")]
+    assert all(np.isfinite(a["compositional"]["relative_l2"]) and a["compositional"]["relative_l2"] >= 0
+               for a in acts)
     assert set(metrics["seconds_per_image"]) == {"exact", "shortlist", "hierarchical"}
     assert 0 <= metrics["hierarchical_vs_exact"]["within_shortlist"]["same_label"] <= 1
     pngs = list((out / "panels").glob("*.png")) + list((out / "figures").glob("*.png"))

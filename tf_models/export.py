@@ -1,7 +1,7 @@
 """Export of a trained network's activations into an ActivationStore (compnn_py.store): one forward
 pass per image writes every selected named layer, the input image, its ground truth and the CNN's own
 output (the paper's self-supervised labels, Eq. 8). The architecture's facts (layer geometry, match
-spec, sweep layers, activation pair: tf_models.registry) go into the store's metadata once, here.
+spec, sweep layers, activation pairs: tf_models.registry) go into the store's metadata once, here.
 
 Rows go straight into the store's memmaps, so a split larger than RAM exports; the store publishes its
 manifest only when every row is written, so an interrupted export never looks complete.

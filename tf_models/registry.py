@@ -56,7 +56,7 @@ class Architecture:
     layer_geometry: Callable[[keras.Model], dict[str, dict[str, int]]]
     match_spec: Callable[[keras.Model], dict[str, Any]]
     sweep_layers: Callable[[keras.Model], list[str]]
-    activation_pair: Callable[[keras.Model], tuple[str, str] | None]
+    activation_pairs: Callable[[keras.Model], list[tuple[str, str]]]  # (source, target) layers, Fig. 3
     output: str                                                 # one of OUTPUT_KINDS
     square_power_of_two: bool = False                           # input size must be 2^n x 2^n
     trainer: str | None = None          # "pix2pix" or "segnet" (tf_models.train); None: not trainable here
@@ -90,7 +90,7 @@ class Architecture:
     def analysis_spec(self, model: keras.Model) -> dict[str, Any]:
         """The per-model facts the experiments need, as stored in an export's metadata."""
         spec = {"architecture": self.name, "match_spec": self.match_spec(model),
-                "sweep_layers": list(self.sweep_layers(model)), "activation_pair": self.activation_pair(model),
+                "sweep_layers": list(self.sweep_layers(model)), "activation_pairs": [list(p) for p in self.activation_pairs(model)],
                 **self.extra}
         spec["used_layers"] = used_layers(spec)
         return spec
@@ -100,7 +100,7 @@ def used_layers(spec: dict[str, Any]) -> list[str]:
     """Every layer an analysis spec names: what an export must write for a full run."""
     ms = spec["match_spec"]
     names = [ms[k] for k in ("global", "coarse", "fine", "decode2")] + list(spec["sweep_layers"])
-    names += list(spec["activation_pair"] or [])
+    names += [n for pair in spec["activation_pairs"] for n in pair]
     return list(dict.fromkeys(names))
 
 
@@ -115,19 +115,26 @@ def _segnet_sweep(model):
     return [f"conv{b}_1_D" for b in range(5, 1, -1)] + ["conv1_2_D"]
 
 
-def _segnet_pair(model):
-    return ("conv_decode2", "conv_decode1") if model.name == segnet.BASIC_NAME else ("conv2_1_D", "conv1_2_D")
+def _pix2pix_pairs(model):
+    # A decoder layer predicted from its input, at two depths (coarser first).
+    return [(f"decoder_{k}_input", f"decoder_{k}") for k in (3, 2) if k <= pix2pix._depth_of(model)]
+
+
+def _segnet_pairs(model):
+    if model.name == segnet.BASIC_NAME:
+        return [("conv_decode3", "conv_decode2"), ("conv_decode2", "conv_decode1")]
+    return [("conv3_1_D", "conv2_1_D"), ("conv2_1_D", "conv1_2_D")]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "pix2pix": Architecture("pix2pix", pix2pix.GENERATOR_NAME, pix2pix.build_generator, pix2pix.layer_geometry,
-                            pix2pix.match_spec, _pix2pix_sweep, lambda m: ("decoder_3_input", "decoder_3"),
+                            pix2pix.match_spec, _pix2pix_sweep, _pix2pix_pairs,
                             "tanh_image", square_power_of_two=True, trainer="pix2pix"),
     "segnet_basic": Architecture("segnet_basic", segnet.BASIC_NAME, segnet.build_segnet_basic,
-                                 segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pair, "logits",
+                                 segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pairs, "logits",
                                  trainer="segnet", trainer_options={"arch": "basic"}, recompute_bn=True),
     "segnet_vgg16": Architecture("segnet_vgg16", segnet.VGG16_NAME, segnet.build_segnet_vgg16,
-                                 segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pair, "logits",
+                                 segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pairs, "logits",
                                  trainer="segnet", trainer_options={"arch": "vgg16"}, recompute_bn=True),
 }
 
@@ -226,7 +233,7 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
       layer that consumes the map through spatially neutral layers, 1 where none can be read; for the
       fine layer ``kernel`` overrides it. ``base`` (a compnn architecture) supplies its own kernels.
     * Match spec: the named layers; decode2 (Table 1's Global-Decode2 row) defaults to fine. Sweep:
-      global, coarse, fine; activation pair: (coarse, fine) when fine's stride divides coarse's.
+      global, coarse, fine; activation pairs: [(coarse, fine)] when fine's stride divides coarse's.
     * Output: a segmentation task takes class ids by argmax over the last axis (ids beyond the task's
       classes are void); a synthesis task takes the output as an image whose range is read from the
       final activation: tanh -> [-1, 1], sigmoid -> [0, 1], anything else -> [0, 255]. ``base``'s
@@ -305,7 +312,7 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
     ms = dict(wanted, kernel={n: geo[n]["kernel"] for n in used}, stride={n: geo[n]["stride"] for n in used})
     sweep = list(dict.fromkeys(names[r] for r in MATCH_ROLES))
     sc, sf = geo[names["coarse"]]["stride"], geo[names["fine"]]["stride"]
-    pair = (names["coarse"], names["fine"]) if names["coarse"] != names["fine"] and sc % sf == 0 else None
+    pairs = [(names["coarse"], names["fine"])] if names["coarse"] != names["fine"] and sc % sf == 0 else []
     if base is not None:
         output = base.output
     elif kind == "segmentation":
@@ -318,5 +325,5 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
         output = {"tanh": "tanh_image", "sigmoid": "unit_image"}.get(act, "byte_image")
     return Architecture(
         "custom", model.name, None, lambda m: dict(geo), lambda m: dict(ms), lambda m: list(sweep),
-        lambda m: pair, output,
+        lambda m: list(pairs), output,
         extra={"network": model.name, "output_kind": output, "based_on": base.name if base else None})

@@ -56,9 +56,9 @@ def _sweep_layers(db) -> list[str]:
     return [n for n in db.metadata.get("sweep_layers", []) if n in db.layer_names]
 
 
-def _activation_pair(db) -> tuple[str, str] | None:
-    pair = db.metadata.get("activation_pair")
-    return tuple(pair) if pair and all(n in db.layer_names for n in pair) else None
+def _activation_pairs(db) -> list[tuple[str, str]]:
+    """The architecture's (source, target) layer pairs for activation prediction that this export holds."""
+    return [tuple(p) for p in db.metadata.get("activation_pairs", []) if all(n in db.layer_names for n in p)]
 
 
 def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,8 +97,8 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
     qid = query.image_ids[i]
     res: dict[str, Any] = {"index": int(i), "query_id": qid, "meta": query.image_meta[i], "figures": []}
 
-    def save(kind, img, caption):
-        name = f"{kind}_{i}.png"
+    def save(kind, img, caption, variant=""):
+        name = f"{kind}{variant}_{i}.png"
         figures.save_png(out_dir / name, img)
         res["figures"].append({"kind": kind, "file": name, "caption": caption})
 
@@ -154,14 +154,14 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
          f"databases, {na} ({len(bias[na])} training images) and {nb} ({len(bias[nb])}). "
          f"{changed.mean():.1%} of output pixels change between them ({what}; white in the last panel).")
 
-    # Activation prediction (Fig. 3).
-    pair = _activation_pair(db)
-    if pair is not None:
+    # Activation prediction (Fig. 3), for each layer pair of the architecture.
+    res["activation_prediction"] = []
+    for pair in _activation_pairs(db):
         pred = compose.predict_activations(db, query, i, source_layer=pair[0], target_layer=pair[1],
                                            method="exact", threads=threads)
         fig, channels = figures.activation_heatmaps(pred)
-        res["activation_prediction"] = {"source": pair[0], "target": pair[1], "channels": channels,
-                                        **pred.errors}
+        res["activation_prediction"].append({"source": pair[0], "target": pair[1], "channels": channels,
+                                             **pred.errors})
         e = pred.errors
         save("activation", fig,
              f"Activation prediction (Fig. 3) of query {qid}: the CNN's {pair[1]} map predicted without running "
@@ -171,7 +171,7 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
              f"colours run from each channel's minimum to its maximum in the CNN's map (scale below). "
              f"Over all channels, relative L2 error: CompNN {e['compositional']['relative_l2']:.3f}, global "
              f"{e['global']['relative_l2']:.3f}; cosine: {e['compositional']['cosine']:.3f} vs "
-             f"{e['global']['cosine']:.3f}.")
+             f"{e['global']['cosine']:.3f}.", variant=f"_{pair[1]}")
 
     # Layer sweep (Fig. 4), exact search so the number of sources is not capped by a shortlist.
     layers = _sweep_layers(db)

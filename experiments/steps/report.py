@@ -298,13 +298,12 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
     if "activation" in by_kind:
         rows = []
         for q in qs:
-            a = q.get("activation_prediction")
-            if a:
-                rows.append([q["query_id"], a["compositional"]["relative_l2"], a["global"]["relative_l2"],
-                             a["compositional"]["cosine"], a["global"]["cosine"],
+            for a in q.get("activation_prediction") or []:
+                rows.append([q["query_id"], f"{a['source']} → {a['target']}", a["compositional"]["relative_l2"],
+                             a["global"]["relative_l2"], a["compositional"]["cosine"], a["global"]["cosine"],
                              a["compositional"]["mean_position_cosine"], a["global"]["mean_position_cosine"]])
-        head = ["Query", "Rel. L2 error CompNN", "Rel. L2 error global", "Cosine CompNN", "Cosine global",
-                "Per-position cosine CompNN", "Per-position cosine global"]
+        head = ["Query", "Layers (matched → predicted)", "Rel. L2 error CompNN", "Rel. L2 error global",
+                "Cosine CompNN", "Cosine global", "Per-position cosine CompNN", "Per-position cosine global"]
         out.append(("activation", "Activation prediction (Fig. 3)",
                     "<p>Can an internal layer be predicted by copying training activations? Relative L2 error = "
                     "‖prediction − CNN‖ / ‖CNN‖ over the whole map (0 is perfect); cosine over the whole map "
