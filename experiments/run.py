@@ -332,8 +332,8 @@ def _run_stages(s, stages: dict[str, Stage], todo: list[str]) -> None:
             if not s["force"] and reached:
                 logging.info("train: resuming at step %d of %d", reached, target["steps"])
             train.run(lambda d: train_step.train_model(d, cfg, spec, data.dir), force=s["force"], target=target)
-    go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir))
-    engine = _engine(s) if any(n in todo for n in ("compnn", "analyses")) else {}
+    engine = _engine(s) if any(n in todo for n in ("export", "compnn", "analyses")) else {}
+    go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir, **engine))
     go("compnn", lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, s["match_method"], threads,
                                                   s["exact_queries"], **engine))
     go("analyses", lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads,

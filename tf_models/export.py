@@ -35,6 +35,17 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
     network's registry.Architecture (default: the compnn architecture that built ``model``; give
     ``registry.custom(...)`` for any other network). The match spec and architecture are added to the
     store's metadata. Returns the opened store."""
+    writer, layers, first = create_writer(
+        model, inputs, labels, ids, store_path, model_name=model_name, task=task, label_kind=label_kind,
+        postprocess=postprocess, layers=layers, dtype=dtype, image_meta=image_meta, metadata=metadata,
+        batch_size=batch_size, overwrite=overwrite, arch=arch)
+    with writer:
+        write_rows(model, writer, inputs, labels, 0, len(inputs), layers, postprocess, batch_size,
+                   first=first, progress=progress, desc=f"export {model_name}/{task}")
+    return ActivationStore.open(store_path)
+
+
+def _validate(model, inputs, labels, ids, postprocess, batch_size, layers, arch):
     arch = registry.of_model(model) if arch is None else arch
     _check_uint8(inputs, "inputs", (4,))
     n = len(inputs)
@@ -57,8 +68,13 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
     unknown = [name for name in layers if name not in geometry]
     if unknown or not layers:
         raise ValueError(f"layers {unknown} are not named maps of {model.name}; choose from {list(geometry)}")
+    return arch, ids, layers, geometry
 
+
+def _forward(model, inputs, layers, postprocess, batch_size):
+    """forward(i) -> (activations per layer, uint8 cnn_outputs) of the batch starting at row i."""
     features = keras.Model(model.inputs[0], [model.get_layer(name).output for name in layers] + [model.outputs[0]])
+    n = len(inputs)
 
     def forward(i):
         outs = features(inputs[i: i + batch_size].astype(np.float32), training=False)
@@ -69,21 +85,39 @@ def export_split(model, inputs, labels, ids, store_path, *, model_name, task, la
             raise ValueError(f"postprocess must return uint8 (B, H, W) or (B, H, W, 3) with B, H, W = "
                              f"{(b, *inputs.shape[1:3])}, got {out.dtype} {out.shape}")
         return acts, out
+    return forward
 
-    first = forward(0)
+
+def create_writer(model, inputs, labels, ids, store_path, *, model_name, task, label_kind, postprocess,
+                  layers=None, dtype="float16", image_meta=None, metadata=None, batch_size=4,
+                  overwrite=False, arch=None):
+    """Validates export_split's arguments and creates the store's writer (shapes from the first batch).
+    Returns (writer, layers, first) with `first` the first batch's forward result, which write_rows
+    reuses. The writer's `pending` directory can be handed to other processes (ActivationStore.attach)."""
+    arch, ids, layers, geometry = _validate(model, inputs, labels, ids, postprocess, batch_size, layers, arch)
+    first = _forward(model, inputs, layers, postprocess, batch_size)(0)
     meta = dict(metadata or {}, **arch.analysis_spec(model))
     writer = ActivationStore.create(
-        store_path, n_images=n, layers={name: a.shape[1:] for name, a in zip(layers, first[0])},
+        store_path, n_images=len(inputs), layers={name: a.shape[1:] for name, a in zip(layers, first[0])},
         image_shape=inputs.shape[1:], label_shape=None if labels is None else labels.shape[1:],
         output_shape=first[1].shape[1:], image_ids=ids, model=model_name, task=task,
         label_kind=label_kind, dtype=dtype, layer_meta={name: geometry[name] for name in layers},
         metadata=meta, image_meta=image_meta, overwrite=overwrite)
-    with writer:
-        for i in tqdm(range(0, n, batch_size), desc=f"export {model_name}/{task}", disable=not progress,
-                      unit="batch"):
-            acts, out = first if i == 0 else forward(i)
-            for j in range(len(out)):
-                writer.write(i + j, activations={name: a[j] for name, a in zip(layers, acts)},
-                             image=inputs[i + j], cnn_output=out[j],
-                             label=None if labels is None else labels[i + j])
-    return ActivationStore.open(store_path)
+    return writer, layers, first
+
+
+def write_rows(model, writer, inputs, labels, start, stop, layers, postprocess, batch_size=4, *,
+               first=None, progress=True, desc="export"):
+    """Writes rows [start, stop) into ``writer``. Batches are aligned to multiples of ``batch_size``
+    counted from row 0 (``start`` must be such a multiple), so any split of the rows between processes
+    runs exactly the batches a single process runs: float results can depend on a batch's composition.
+    ``first``: the forward result of the batch at row 0, if already computed."""
+    if start % batch_size or not 0 <= start <= stop <= len(inputs):
+        raise ValueError(f"rows [{start}, {stop}) must start at a multiple of {batch_size} within 0..{len(inputs)}")
+    forward = _forward(model, inputs, layers, postprocess, batch_size)
+    for i in tqdm(range(start, stop, batch_size), desc=desc, disable=not progress, unit="batch"):
+        acts, out = first if (i == 0 and first is not None) else forward(i)
+        for j in range(min(len(out), stop - i)):
+            writer.write(i + j, activations={name: a[j] for name, a in zip(layers, acts)},
+                         image=inputs[i + j], cnn_output=out[j],
+                         label=None if labels is None else labels[i + j])

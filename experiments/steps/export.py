@@ -5,6 +5,12 @@ two ActivationStores (`train/`, `query/`) with the architecture's analysis spec 
 By default only the layers this run reads are written (the architecture's used layers: CompNN's
 global/coarse/fine/decode2 maps, the layer sweep and the activation-prediction pair);
 `--export_layers=all` writes every named map.
+
+With a Dask engine (--workers/--scheduler) the rows are sharded: this process loads the network (and
+recomputes BN statistics where the architecture asks), saves it as `model.keras` in the stage directory
+and creates each store's writer; each task loads that model, writes a range of whole batches into the
+pending store (ActivationStore.attach), and this process publishes the stores. The batches are the ones
+a single process runs (tf_models.export.write_rows), so the stores are the same bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from experiments.steps.data import load_data
 from experiments.steps.train import network_options
 
 
-def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path) -> None:
+def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=None) -> None:
     from tf_models import export, loaders
 
     splits = {name: load_data(data_stage, name, spec) for name in ("train", "query")}
@@ -40,13 +46,66 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path) -> None
                 "config": cfg.as_dict()}
     model_name = cfg.model if arch.name != "custom" else f"custom:{model.name}"
     summary = {"export_layers": which, "network": model.name, "architecture": arch.name, "splits": {}}
+    model_path = None
+    if engine is not None:
+        model_path = d / MODEL_FILE
+        model.save(model_path)
     for name, s in splits.items():
-        store = export.export_split(model, s.inputs, s.targets, s.ids, d / name, model_name=model_name,
-                                    task=cfg.task, label_kind=label_kind, postprocess=post, image_meta=s.meta,
-                                    metadata=metadata, layers=layers, arch=arch)
+        kw = dict(model_name=model_name, task=cfg.task, label_kind=label_kind, postprocess=post,
+                  image_meta=s.meta, metadata=metadata, layers=layers, arch=arch)
+        if engine is None:
+            store = export.export_split(model, s.inputs, s.targets, s.ids, d / name, batch_size=BATCH, **kw)
+        else:
+            writer, used, _ = export.create_writer(model, s.inputs, s.targets, s.ids, d / name,
+                                                   batch_size=BATCH, **kw)
+            with writer:  # publishes once the tasks recorded every row; aborts if a task failed
+                shards = _shards(len(s.inputs), BATCH, _workers(engine))
+                engine.map(export_shard, [(str(model_path), str(writer.pending), str(data_stage), name, a, b)
+                                          for a, b in shards],
+                           desc=f"export {name}", cfg=cfg, spec=spec, layers=used)
+            store = ActivationStore.open(d / name)
         summary["layers"] = store.layer_names
         summary["splits"][name] = disk_usage(d / name, store)
+    if model_path is not None:
+        model_path.unlink()  # only the stores and export.json are the stage's outputs
     fsio.write_json(d / "export.json", summary)
+
+
+MODEL_FILE = "model.keras"
+BATCH = 4  # rows per forward pass; shards are whole batches of it
+_cache: dict = {}  # in a worker: (model path, mtime) -> (model, arch), loaded once per process
+
+
+def _workers(engine) -> int:
+    info = engine.describe()
+    return max(1, int(info.get("workers") or info.get("workers_at_start") or 1))
+
+
+def _shards(n: int, batch: int, workers: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of whole batches (aligned from row 0), about two per worker."""
+    per = -(-n // (2 * workers))
+    per = max(batch, -(-per // batch) * batch)
+    return [(a, min(n, a + per)) for a in range(0, n, per)]
+
+
+def export_shard(model_path: str, pending: str, data_stage: str, split: str, start: int, stop: int, *,
+                 cfg, spec, layers) -> int:
+    """Runs on a worker: rows [start, stop) of `split` into the pending store. Returns the rows written."""
+    from tf_models import export, loaders
+
+    key = (model_path, Path(model_path).stat().st_mtime_ns)
+    if key not in _cache:
+        # No bn_inputs: the saved model already holds the recomputed statistics.
+        _cache.clear()
+        _cache[key] = loaders.load_network(Path(model_path), image_size=cfg.size, kind=spec.kind,
+                                           expect=cfg.model, progress=False, **network_options(cfg))
+    model, arch = _cache[key]
+    s = load_data(Path(data_stage), split, spec)
+    writer = ActivationStore.attach(pending)
+    with writer:
+        export.write_rows(model, writer, s.inputs, s.targets, start, stop, layers,
+                          arch.postprocess(spec.kind, spec.palette), BATCH, progress=False)
+    return stop - start
 
 
 def disk_usage(path: Path, store: ActivationStore) -> dict:
