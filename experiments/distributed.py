@@ -2,11 +2,14 @@
 processes on this machine) or `--scheduler=ADDRESS` (an existing cluster). Without either flag the driver
 gets no engine, runs everything in its own process, and Dask is never imported.
 
-What runs as tasks: the per-query work of the compnn stage (experiments.steps.compnn.query_task), each
-task opening the activation stores from the export directory, so that directory must be on a file system
-every worker sees (any path on this machine for --workers; a shared mount for a cluster). Results come
-back to the driver and are combined in query order, so a run with an engine writes the same tables and
-arrays as one without.
+What runs as tasks: the export stage's rows, in whole batches (experiments.steps.export.export_shard: each
+worker loads the network from `model.keras`, saved in the stage's working directory, and writes its rows
+into the one pending store per split), and the per-query work of the compnn and analyses stages
+(experiments.steps.compnn.query_task, experiments.steps.analyses.analyse_query), each task opening the
+activation stores from the export directory. So the run directory must be on a file system every worker
+sees (any path on this machine for --workers; a shared mount for a cluster). Results come back to the
+driver and are combined in order, so a run with an engine writes the same stores, tables and arrays as
+one without.
 
 Cores: on one machine the matcher threads are split, `threads` (default: every CPU this process may
 use) // workers per worker, each worker running one task at a time; nothing is oversubscribed. For an

@@ -333,11 +333,15 @@ def _run_stages(s, stages: dict[str, Stage], todo: list[str]) -> None:
                 logging.info("train: resuming at step %d of %d", reached, target["steps"])
             train.run(lambda d: train_step.train_model(d, cfg, spec, data.dir), force=s["force"], target=target)
     engine = _engine(s) if any(n in todo for n in ("export", "compnn", "analyses")) else {}
-    go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir, **engine))
-    go("compnn", lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, s["match_method"], threads,
-                                                  s["exact_queries"], **engine))
-    go("analyses", lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads,
-                                                        match_method=s["match_method"], **engine))
+    try:
+        go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir, **engine))
+        go("compnn", lambda d: compnn_step.run_compnn(d, cfg, spec, export.dir, s["match_method"], threads,
+                                                      s["exact_queries"], **engine))
+        go("analyses", lambda d: analyses_step.run_analyses(d, cfg, spec, export.dir, threads,
+                                                            match_method=s["match_method"], **engine))
+    finally:
+        if engine:  # a LocalCluster's worker processes end with the stages that used them
+            engine["engine"].close()
     timings = [(name, st.seconds if st.state in ("ran", "resumed") else st.recorded_seconds)
                for name, st in stages.items() if name != "report"]
 
