@@ -4,6 +4,3 @@
 class UserError(Exception):
     """A bad invocation, or a stage that cannot run with what it was given; nothing was deleted."""
 
-
-# A stage's own name for the same thing (kept so stage code reads naturally).
-PipelineError = UserError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compnn_py import compose, match
-from experiments.errors import PipelineError
+from experiments.errors import UserError
 from experiments.steps import compnn as step
 from naive import naive_patches, naive_topk
 from tiny_export import LAYERS, MATCH_SPEC, SPEC, config, make_export
@@ -29,7 +29,7 @@ def test_exact_query_count_rule():
     assert n == 0 and "--exact_queries" in rule                             # one query alone is too slow
     assert step.exact_query_count(5, 3, cap * 10)[0] == 3                   # an explicit count wins
     assert step.exact_query_count(0, 3, 1.0)[0] == 0
-    with pytest.raises(PipelineError, match="exact_queries"):
+    with pytest.raises(UserError, match="exact_queries"):
         step.exact_query_count(-1, 3, 1.0)
 
 
@@ -164,5 +164,5 @@ def test_single_method_runs_only_that_method(export, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["table1_matching"] == "hierarchical" and set(m["seconds_per_image"]) == {"hierarchical"}
     assert "hierarchical_vs_exact" not in m
-    with pytest.raises(PipelineError, match="shortlist"):
+    with pytest.raises(UserError, match="shortlist"):
         step.run_compnn(tmp_path, config(shortlist=99), SPEC, d, "both", 1)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from compnn_py import compose, metrics
 from compnn_py.fsio import write_json
-from experiments.errors import PipelineError
+from experiments.errors import UserError
 from experiments.steps.export import open_stores
 
 METHODS = ("exact", "shortlist", "hierarchical")
@@ -71,7 +71,7 @@ def exact_query_count(exact_queries: int | None, n_query: int, cost_per_query: f
     each, and the rule that decided it (see the module docstring)."""
     if exact_queries is not None:
         if exact_queries < 0:
-            raise PipelineError(f"--exact_queries must be >= 0, got {exact_queries}")
+            raise UserError(f"--exact_queries must be >= 0, got {exact_queries}")
         return min(exact_queries, n_query), "--exact_queries"
     if n_query * cost_per_query <= EXACT_ALL_BUDGET:
         return n_query, f"every query: {n_query} x {cost_per_query:.2g} multiply-adds <= {EXACT_ALL_BUDGET:.0e}"
@@ -97,9 +97,9 @@ def choose_method(db, cfg) -> tuple[str, str]:
 def plan_queries(db, n_query: int, cfg, match_method: str, exact_queries: int | None) -> dict[str, Any]:
     """Which matcher gives Table 1 and which methods run on each query (a list per query)."""
     if match_method not in METHODS + ("both",):
-        raise PipelineError(f"match method must be one of {', '.join(METHODS + ('both',))}, got {match_method!r}")
+        raise UserError(f"match method must be one of {', '.join(METHODS + ('both',))}, got {match_method!r}")
     if match_method in ("shortlist", "hierarchical", "both") and cfg.shortlist > len(db):
-        raise PipelineError(f"--shortlist {cfg.shortlist} exceeds the {len(db)} training images")
+        raise UserError(f"--shortlist {cfg.shortlist} exceeds the {len(db)} training images")
     plan: dict[str, Any] = {"main": match_method, "reason": "--match_method", "reference": {}}
     if match_method != "both":
         plan["per_query"] = [[match_method]] * n_query

@@ -28,6 +28,7 @@ from experiments.steps.train import network_options
 
 def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=None) -> None:
     from tf_models import export, loaders
+    from tf_models.train import MODEL_FILE
 
     splits = {name: load_data(data_stage, name, spec) for name in ("train", "query")}
     try:
@@ -38,7 +39,7 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=
         raise UserError(str(e)) from None
     post = arch.postprocess(spec.kind, spec.palette)
     label_kind = "labels" if spec.kind == "segmentation" else "images"
-    which = getattr(cfg, "export_layers", "used")
+    which = cfg.export_layers
     if which not in ("used", "all"):
         raise UserError(f"export_layers must be used or all, got {which!r}")
     layers = None if which == "all" else arch.analysis_spec(model)["used_layers"]
@@ -71,7 +72,6 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=
     fsio.write_json(d / "export.json", summary)
 
 
-MODEL_FILE = "model.keras"
 BATCH = 4  # rows per forward pass; shards are whole batches of it
 _cache: dict = {}  # in a worker: (model path, mtime) -> (model, arch), loaded once per process
 

@@ -41,8 +41,7 @@ def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) 
 
 def network_options(cfg) -> dict:
     """The RunConfig fields that describe a network compnn did not build (None when not set)."""
-    return {"match_layers": getattr(cfg, "match_layers", None), "decode2": getattr(cfg, "decode2", None),
-            "kernel": getattr(cfg, "kernel", None)}
+    return {"match_layers": cfg.match_layers, "decode2": cfg.decode2, "kernel": cfg.kernel}
 
 
 def check_checkpoint(d: Path, checkpoint: Path, cfg) -> None:
