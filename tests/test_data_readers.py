@@ -256,3 +256,35 @@ def test_metadata_records_files_relative_to_the_root(tmp_path):
                   progress=False)
     meta = load_split("cityscapes", "val", tmp_path / "cs", progress=False).meta[0]
     assert meta["file"].startswith("leftImg8bit/val/synth/") and meta["file"].endswith("_leftImg8bit.png")
+
+
+def test_16_bit_grayscale_photos_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert("RGB") clips 16-bit values to 255 (a photo turns white); the reader scales them."""
+    from PIL import Image
+
+    values = np.array([[0, 256, 32767, 32896], [65279, 65535, 128, 129]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    got = read_image(tmp_path / "g16.png")
+    want = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)  # round(v / 257)
+    assert got.shape == (2, 4, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.repeat(want[..., None], 3, -1))
+    np.testing.assert_array_equal(want, [[0, 1, 127, 128], [254, 255, 0, 1]])  # hand-worked
+    # A 16-bit label image keeps its ids; ids that do not fit 8 bits are refused, naming the file.
+    Image.fromarray(np.array([[0, 3], [11, 7]], np.uint16)).save(tmp_path / "l16.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "l16.png", mode="L"), [[0, 3], [11, 7]])
+    Image.fromarray(np.array([[0, 300]], np.uint16)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match=r"big\.png: a 16-bit label image must hold ids 0\.\.255"):
+        read_image(tmp_path / "big.png", mode="L")
+
+
+def test_camvid_list_pointing_outside_the_data_dir_is_refused(tmp_path):
+    root = tmp_path / "camvid"
+    write_dataset("camvid", root, counts={"train": 2}, size=(24, 32), seed=0, progress=False)
+    write_image(tmp_path / "secret.png", np.zeros((24, 32, 3), np.uint8))  # outside the data_dir
+    lines = (root / "train.txt").read_text().splitlines()
+    lines[1] = "/SegNet/CamVid/../secret.png /SegNet/CamVid/trainannot/" + lines[1].split("/")[-1]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train\.txt:2: '/SegNet/CamVid/\.\./secret\.png' does not name a file "
+                                         r"inside the data_dir") as err:
+        load_split("camvid", "train", root, size=(24, 32), progress=False)
+    assert "\n" not in str(err.value)

@@ -132,7 +132,7 @@ def test_custom_architecture_geometry_by_hand():
     labels = arch.postprocess("segmentation", np.zeros((4, 3), np.uint8))(np.eye(11)[None, None, [0, 3, 7]])
     np.testing.assert_array_equal(labels, [[[0, 3, 255]]])  # ids beyond the task's 4 classes are void
     # An image task reads the output as an image, its range from the final activation.
-    for act, want in (("tanh", [0, 128, 255]), ("sigmoid", [0, 0, 255]), (None, [0, 0, 1])):
+    for act, want in (("tanh", [0, 127, 255]), ("sigmoid", [0, 0, 255]), (None, [0, 0, 1])):
         y = keras.layers.Conv2D(3, 1, activation=act, name="rgb")(g)
         net = keras.Model(inp, y, name=f"toy_{act}")
         img = registry.custom(net, "global:d,coarse:e,fine:b", kind="synthesis").postprocess("synthesis", None)

@@ -171,7 +171,18 @@ def match_spec(model):
                 stride={n: geo[n]["stride"] for n in used})
 
 
+def unit_to_uint8(x01):
+    """Floats meant to lie in [0, 1] -> uint8 exactly as ``tf.image.convert_image_dtype(x, tf.uint8,
+    saturate=True)`` converts them (pix2pix-tensorflow saves every image through it): the float32
+    product x * 255.5, clipped to [0, 255], truncated. So level k holds [k / 255.5, (k + 1) / 255.5),
+    1.0 gives 255, and values outside [0, 1] saturate. (Rounding 255 * x instead differs by one level
+    on about a quarter of all values.)"""
+    scaled = np.asarray(x01, dtype=np.float32) * np.float32(255.5)
+    return np.trunc(np.clip(np.nan_to_num(scaled), 0.0, 255.0)).astype(np.uint8)
+
+
 def output_to_rgb(outputs):
-    """Generator output batch in tanh range -> uint8 RGB (N, H, W, 3), as the reference saves it."""
-    x = np.asarray(outputs, dtype=np.float32)
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    """Generator output batch in tanh range -> uint8 RGB (N, H, W, 3), as the reference saves it: its
+    ``deprocess`` (y + 1) / 2 in float32, then ``unit_to_uint8`` (TensorFlow's convert_image_dtype)."""
+    y = np.asarray(outputs, dtype=np.float32)
+    return unit_to_uint8((y + np.float32(1.0)) / np.float32(2.0))

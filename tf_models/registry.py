@@ -33,10 +33,15 @@ VOID = 255
 
 
 def image_to_rgb(outputs, output: str) -> np.ndarray:
-    """An image-output batch in the value range of ``output`` (IMAGE_RANGES) -> uint8 RGB, rounded."""
+    """An image-output batch in the value range of ``output`` (IMAGE_RANGES) -> uint8 RGB. tanh and
+    [0, 1] images follow pix2pix-tensorflow's convention (pix2pix.unit_to_uint8 of (y - lo) / (hi - lo),
+    i.e. TensorFlow's convert_image_dtype: floor(255.5 x), saturated); a 0..255 image is rounded and
+    clipped."""
     lo, hi = IMAGE_RANGES[output]
-    x = (np.asarray(outputs, dtype=np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    y = np.asarray(outputs, dtype=np.float32)
+    if output == "byte_image":
+        return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    return pix2pix.unit_to_uint8((y - np.float32(lo)) / np.float32(hi - lo))
 
 
 def logits_to_labels(logits, num_classes: int | None = None) -> np.ndarray:

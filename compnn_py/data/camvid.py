@@ -1,7 +1,7 @@
 """Reader for CamVid in SegNet's layout: `<split>/*.png` photos, `<split>annot/*.png` class ids 0..11.
 
 The `<split>.txt` lists hold absolute `/SegNet/CamVid/<dir>/<file>` paths from SegNet's machine; each is
-resolved by its last two components under the given root. Without a list, the folder is listed.
+resolved by its last two components under the given root (never outside it). Without a list, the folder is listed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,23 @@ def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
             parts = line.split()
             if len(parts) != 2:
                 raise ValueError(f"{listing}:{lineno}: expected '<image path> <annotation path>', got {line!r}")
-            pairs.append(tuple(root.joinpath(*Path(p).parts[-2:]) for p in parts))
+            pairs.append(tuple(_under_root(root, p, f"{listing}:{lineno}") for p in parts))
         if not pairs:
             raise FileNotFoundError(f"camvid split {split!r}: list {listing} is empty")
         return pairs
     photos = list_images(root / split, f"camvid split {split!r}")
     annot = require_dir(root / f"{split}annot", f"camvid annotations of split {split!r}")
     return [(p, annot / p.name) for p in photos]
+
+
+def _under_root(root: Path, listed: str, where: str) -> Path:
+    """A listed path resolved by its last two components under `root`; a component that would leave
+    `root` ('..', '.', a drive) is refused, so a list can never make the reader open files elsewhere."""
+    tail = Path(listed).parts[-2:]
+    if not tail or any(t in ("..", ".") or Path(t).anchor for t in tail):
+        raise ValueError(f"{where}: {listed!r} does not name a file inside the data_dir {root} "
+                         "(its last two components are resolved under it; '..' is refused)")
+    return root.joinpath(*tail)
 
 
 def camvid_has_split(root: Path, split: str) -> bool:

@@ -64,6 +64,8 @@ def natural_key(path: Path):
 
 def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
     """Decode an image as uint8 RGB (H, W, 3) or, with mode="L"/"P", its raw 8-bit values (H, W).
+    Grayscale becomes RGB by repeating it; a 16-bit grayscale photo is scaled to 8 bits (see
+    ``_wide_gray``), a 16-bit label image keeps its ids.
 
     Any failure to decode (unreadable, corrupt, truncated, over Pillow's decompression-bomb pixel
     limit, or of an unexpected mode) is one ValueError naming the file."""
@@ -73,10 +75,15 @@ def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if mode == "RGB":
-                im = im.convert("RGB")
             image_mode = im.mode
-            array = np.asarray(im, dtype=np.uint8).copy() if mode == "RGB" or im.mode in ("L", "P") else None
+            if im.mode in WIDE_GRAY:
+                array = _wide_gray(np.asarray(im), path, labels=mode != "RGB")
+                if mode == "RGB":
+                    array = np.repeat(array[..., None], 3, axis=-1)
+            elif mode == "RGB":
+                array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            else:
+                array = np.asarray(im, dtype=np.uint8).copy() if im.mode in ("L", "P") else None
     except Image.DecompressionBombError as err:
         # Not an OSError: a header claiming billions of pixels would otherwise escape as a raw PIL error.
         raise ValueError(f"{path}: refused, the image is too large to decode safely ({err})") from None
@@ -88,6 +95,23 @@ def read_image(path: Path, *, mode: str = "RGB") -> np.ndarray:
     if array is None:
         raise ValueError(f"{path}: expected an 8-bit single-channel label image, got mode {image_mode}")
     return array
+
+
+# Pillow's modes of 16-bit (and 32-bit integer) single-channel images: its convert("RGB") clips them
+# to 255 instead of scaling, so they are read as numbers here.
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _wide_gray(values: np.ndarray, path: Path, *, labels: bool) -> np.ndarray:
+    """A 16-bit grayscale image -> uint8: a photo is scaled, value v to round(v * 255 / 65535) (0 -> 0,
+    65535 -> 255); a label image keeps its ids, which must fit in 8 bits."""
+    v = values.astype(np.int64)
+    if labels:
+        if v.min() < 0 or v.max() > 255:
+            raise ValueError(f"{path}: a 16-bit label image must hold ids 0..255, found {int(v.min())}..{int(v.max())}")
+        return v.astype(np.uint8)
+    v = np.clip(v, 0, 65535)
+    return ((v * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def write_image(path: Path, array: np.ndarray, *, quality: int = 95) -> None:
