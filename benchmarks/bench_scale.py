@@ -107,10 +107,10 @@ def build_database(work: Path, n_max: int, seed: int = 0) -> Path:
     writer = ActivationStore.create(work / "db", n_images=n_max, layers={n: a.shape[1:] for n, a in layers.items()},
                                     model="pix2pix", task="cityscapes", label_kind="images", layer_meta=meta,
                                     metadata={"match_spec": ms, "replicated_from": len(src)})
-    from tqdm import tqdm
+    from compnn_py.progress import Progress
 
     with writer:
-        for i in tqdm(range(n_max), desc="replicate database", unit="img"):
+        for i in Progress(range(n_max), desc="replicate database", unit="img"):
             j = i % len(src)
             acts = {n: a[j] for n, a in layers.items()}
             if i >= len(src):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage import data as skdata
-from tqdm import tqdm
+
+from compnn_py.progress import Progress
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 
@@ -74,7 +75,7 @@ def make_set(n: int, seed: int, stack: ConvStack | None = None, desc: str = "map
     out = {"fine": np.empty((n, 128, 128, 128), np.float16), "coarse": np.empty((n, 32, 32, 256), np.float16),
            "global": np.empty((n, 256), np.float16), "labels": np.empty((n, 128, 128), np.uint8),
            "images": np.empty((n, 256, 256, 3), np.uint8)}
-    for i in tqdm(range(n), desc=desc, leave=False):
+    for i in Progress(range(n), desc=desc, leave=False):
         p = photos[rng.integers(len(photos))]
         y, x = rng.integers(0, p.shape[0] - 255), rng.integers(0, p.shape[1] - 255)
         crop = p[y:y + 256, x:x + 256]

@@ -48,13 +48,13 @@ class Engine:
         """[fn(*item, **kwargs) for item in items], run as tasks; results in the order of `items`. A task's
         exception is raised here (after the others were cancelled)."""
         from distributed import as_completed
-        from tqdm import tqdm
+        from compnn_py.progress import Progress
 
         if not items:
             return []
         futures = [self.client.submit(fn, *item, pure=False, **kwargs) for item in items]
         try:
-            with tqdm(total=len(futures), desc=desc, unit="task") as bar:
+            with Progress(total=len(futures), desc=desc, unit="task") as bar:
                 for future in as_completed(futures):
                     if future.status == "error":
                         future.result()  # raises the task's exception

@@ -9,8 +9,8 @@ manifest only when every row is written, so an interrupted export never looks co
 
 import numpy as np
 import keras
-from tqdm import tqdm
 
+from compnn_py.progress import Progress
 from compnn_py.store import ActivationStore
 
 from . import registry
@@ -115,7 +115,7 @@ def write_rows(model, writer, inputs, labels, start, stop, layers, postprocess, 
     if start % batch_size or not 0 <= start <= stop <= len(inputs):
         raise ValueError(f"rows [{start}, {stop}) must start at a multiple of {batch_size} within 0..{len(inputs)}")
     forward = _forward(model, inputs, layers, postprocess, batch_size)
-    for i in tqdm(range(start, stop, batch_size), desc=desc, disable=not progress, unit="batch"):
+    for i in Progress(range(start, stop, batch_size), desc=desc, disable=not progress, unit="batch"):
         acts, out = first if (i == 0 and first is not None) else forward(i)
         for j in range(min(len(out), stop - i)):
             writer.write(i + j, activations={name: a[j] for name, a in zip(layers, acts)},

@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
-from tqdm import tqdm
 
 from compnn_py.metrics import evaluate_segmentation
+from compnn_py.progress import Progress
 
 from . import pix2pix, segnet
 
@@ -262,7 +262,7 @@ def _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys,
     excluded) every ``log_every`` steps, validating every ``val_every`` steps and at the end, and
     checkpointing every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds of wall time."""
     acc, count, busy = np.zeros(len(keys)), 0, 0.0
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, unit="step")
+    bar = Progress(total=total, initial=start, desc=desc, disable=not progress, unit="step")
     writer = tf.summary.create_file_writer(str(Path(run_dir) / TENSORBOARD))
     last_save = time.monotonic()
     batches = iter(data)
@@ -320,7 +320,7 @@ def recompute_bn_statistics(model, inputs, *, batch_size=4, progress=True):
     saved = [layer.momentum for layer in layers]
     starts = range(0, len(inputs) - batch_size + 1, batch_size) if len(inputs) >= batch_size else [0]
     try:
-        for i, start in enumerate(tqdm(starts, desc="BN statistics", unit="batch", disable=not progress)):
+        for i, start in enumerate(Progress(starts, desc="BN statistics", unit="batch", disable=not progress)):
             for layer in layers:  # running mean over batches: moving = (i * moving + batch) / (i + 1)
                 layer.momentum = i / (i + 1)
             model(tf.constant(inputs[start: start + batch_size], tf.float32), training=True)

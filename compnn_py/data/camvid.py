@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import Progress
 from .files import has_images, list_images, read_image, relative_name, require_dir, resize_image, resize_labels
 from .palettes import CAMVID_VOID, IGNORE
 from .tasks import Split, TaskSpec
@@ -64,7 +64,7 @@ def read_camvid(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: i
     pairs = camvid_pairs(root, split)[:n]
     inputs = np.empty((len(pairs), *size, 3), np.uint8)
     targets = np.empty((len(pairs), *size), np.uint8)
-    for i, (photo_path, annot_path) in enumerate(tqdm(pairs, desc=f"camvid/{split}", disable=not progress)):
+    for i, (photo_path, annot_path) in enumerate(Progress(pairs, desc=f"camvid/{split}", disable=not progress)):
         photo = read_image(photo_path)
         annot = read_image(annot_path, mode="L")
         if annot.shape != photo.shape[:2]:

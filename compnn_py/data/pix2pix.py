@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import Progress
 from .files import list_images, read_image, relative_name, require_dir, resize_image, resize_labels
 from .labels import snap_blurred_labels
 from .tasks import Split, TaskSpec
@@ -35,7 +35,7 @@ def read_pix2pix(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: 
     files = list_images(root / split, f"{spec.name} split {split!r}")[:n]
     inputs = np.empty((len(files), *size, 3), np.uint8)
     targets = np.empty((len(files), *size) + (() if spec.kind == "segmentation" else (3,)), np.uint8)
-    for i, path in enumerate(tqdm(files, desc=f"{spec.name}/{split}", disable=not progress)):
+    for i, path in enumerate(Progress(files, desc=f"{spec.name}/{split}", disable=not progress)):
         a, b = split_ab(read_image(path), path)
         source, target = (a, b) if direction == "AtoB" else (b, a)
         inputs[i] = resize_image(np.ascontiguousarray(source), size)

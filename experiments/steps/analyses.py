@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from compnn_py import compose, figures, metrics
 from compnn_py.fsio import write_json
+from compnn_py.progress import Progress
 from compnn_py.store import ActivationStore
 from experiments.steps.compnn import choose_method, match_kwargs
 from experiments.steps.export import open_stores
@@ -197,7 +197,7 @@ def run_analyses(d: Path, cfg, spec, export_dir: Path, threads, *, match_method:
     n = min(len(query), N_QUERIES)
     if engine is None:
         queries = [analyse_query(export_dir, cfg, i, out_dir=d, method=method, threads=threads)
-                   for i in tqdm(range(n), desc="analyses", unit="img")]
+                   for i in Progress(range(n), desc="analyses", unit="img")]
     else:  # tasks open the stores from export_dir and write their figures into d: paths the workers see
         queries = engine.map(analyse_query, [(str(Path(export_dir).resolve()), cfg, i) for i in range(n)],
                              desc="analyses", out_dir=str(Path(d).resolve()), method=method, threads=engine.threads)

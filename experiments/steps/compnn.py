@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from compnn_py import compose, metrics
 from compnn_py.fsio import write_json
+from compnn_py.progress import Progress
 from experiments.errors import UserError
 from experiments.steps.export import open_stores
 
@@ -189,7 +189,7 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
             for methods in plan["per_query"]]
     if engine is None:
         results = [_query(db, query, q, job) for q, job in
-                   enumerate(tqdm(jobs, desc="CompNN queries", unit="img"))]
+                   enumerate(Progress(jobs, desc="CompNN queries", unit="img"))]
     else:
         results = engine.map(query_task, [(str(Path(export_dir).resolve()), q, job) for q, job in enumerate(jobs)],
                              desc="CompNN queries")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
+from ...progress import Progress
 from ..files import parse_size, write_image
 from ..labels import colorize
 from ..palettes import (CAMVID_VOID, CITYSCAPES_PALETTE, CITYSCAPES_TRAIN_TO_ID, CITYSCAPES_VOID_COLOUR,
@@ -80,7 +80,7 @@ def iter_samples(task, split: str, *, n: int | None = None, size=None, seed: int
     spec = get_task(task)
     _check_split(split)
     n = DEFAULT_COUNTS[split] if n is None else _check_count(n)
-    for i in tqdm(range(n), desc=f"synthetic {spec.name}/{split}", disable=not progress):
+    for i in Progress(range(n), desc=f"synthetic {spec.name}/{split}", disable=not progress):
         yield make_sample(spec, split, i, size=size, seed=seed)
 
 
