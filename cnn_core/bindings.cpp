@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <utility>
 
 #include "cnn_core/matcher.hpp"
@@ -115,6 +116,70 @@ py::tuple neighbours_tuple(cnn_core::Neighbours&& n) {
   return py::make_tuple(take(std::move(n.index), s), take(std::move(n.similarity), s));
 }
 
+// ---- PatchIndex (the provenance explorer's prepared database) --------------------------------------
+
+// positions: a (P, 2) integer array-like of (y, x) query positions -> flat {y0, x0, y1, x1, ...}.
+std::vector<int64_t> positions_arg(const py::object& o) {
+  const py::array a = py::array::ensure(o);
+  if (!a) throw py::error_already_set();
+  const char kind = a.dtype().kind();
+  if (a.ndim() != 2 || a.shape(1) != 2 || (a.size() && kind != 'i' && kind != 'u'))
+    throw py::type_error("positions: expected a (P, 2) integer array of (y, x), got dtype " +
+                         std::string(py::str(a.dtype())) + " shape " + py::str(py::tuple(a.attr("shape"))).cast<std::string>());
+  const auto r = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!r) throw py::error_already_set();
+  return std::vector<int64_t>(r.data(), r.data() + r.size());
+}
+
+// The index borrows the database's memory: the Python object keeps the array alive.
+struct PyPatchIndex {
+  py::object database;
+  std::unique_ptr<cnn_core::PatchIndex> index;
+};
+
+void bind_patch_index(py::module_& m) {
+  py::class_<PyPatchIndex>(m, "PatchIndex")
+      .def(py::init([](const py::object& d, const py::object& kernel, const py::object& threads) {
+             const Tensor dt = view(d, "database");
+             const int64_t K = int_arg(kernel, "kernel"), t = int_arg(threads, "threads");
+             auto index = without_gil([&](const cnn_core::Cancel& c) {
+               return std::make_unique<cnn_core::PatchIndex>(dt, K, t, c);
+             });
+             return PyPatchIndex{d, std::move(index)};
+           }),
+           py::arg("database"), py::arg("kernel"), py::arg("threads"))
+      .def(
+          "search",
+          [](const PyPatchIndex& self, const py::object& q, const py::object& positions, const py::object& rows,
+             const py::object& k, const py::object& threads, bool per_image) {
+            const Tensor qt = view(q, "query_map");
+            const auto pos = positions_arg(positions);
+            const auto r = rows_arg(rows);
+            const int64_t kk = int_arg(k, "k"), t = int_arg(threads, "threads");
+            cnn_core::PatchMatches images;
+            auto top = without_gil([&](const cnn_core::Cancel& c) {
+              return self.index->search(qt, pos, r, kk, t, c, per_image ? &images : nullptr);
+            });
+            const py::ssize_t P = top.h;
+            std::vector<py::ssize_t> s{P, top.k}, si{P, images.w};
+            auto tup = [](cnn_core::PatchMatches&& m, const std::vector<py::ssize_t>& shape) {
+              return py::make_tuple(take(std::move(m.image), shape), take(std::move(m.y), shape),
+                                    take(std::move(m.x), shape), take(std::move(m.similarity), shape));
+            };
+            py::object tail = py::none();
+            if (per_image) tail = tup(std::move(images), si);
+            return py::make_tuple(tup(std::move(top), s), tail);
+          },
+          py::arg("query_map"), py::arg("positions"), py::arg("rows"), py::arg("k"), py::arg("threads"),
+          py::arg("per_image") = false,
+          "((image, y, x, similarity) arrays (P, k), per-image best (P, R) arrays or None)")
+      .def_property_readonly("shape", [](const PyPatchIndex& self) {
+        return py::make_tuple(self.index->n(), self.index->h(), self.index->w(), self.index->c());
+      })
+      .def_property_readonly("kernel", [](const PyPatchIndex& self) { return self.index->kernel(); })
+      .def_property_readonly("prepared_bytes", [](const PyPatchIndex& self) { return self.index->prepared_bytes(); });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -197,4 +262,5 @@ PYBIND11_MODULE(_core, m) {
         "Route GEMMs through the OpenBLAS at path ('' = Eigen); False if it cannot be loaded");
   m.def("blas_backend", &cnn_core::blas_backend);
   m.def("build_info", &cnn_core::build_info, "Eigen version and SIMD paths compiled in");
+  bind_patch_index(m);
 }

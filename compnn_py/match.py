@@ -61,7 +61,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
     ) from err
 
 __all__ = ["Matches", "Neighbours", "Shortlist", "exact", "patches", "global_shortlist", "hierarchical",
-           "backend", "max_threads"]
+           "backend", "max_threads", "PatchIndex", "IndexSearch"]
 
 FloatArray = NDArray[np.floating]
 
@@ -367,3 +367,94 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
                                               (query_global, "query_global"), (db_global, "db_global"))]
     return _matches(_core.hierarchical(*arrays, rows, kernel_fine, kernel_coarse, shortlist, coarse_k, margin, k,
                                        _threads(threads)))
+
+
+# ---- prepared index (appended for the provenance explorer, experiments/explore.py) ------------------
+
+class IndexSearch(NamedTuple):
+    """Result of ``PatchIndex.search_images``: the top-k and each searched image's best position.
+
+    It unpacks as ``top, per_image = index.search_images(...)``.
+    """
+
+    top: Matches
+    """``Matches`` of (P, k) arrays: for each query position, the best database positions, best first."""
+    per_image: Matches
+    """``Matches`` of (P, R) arrays: for each query position and each searched store row (in ``rows``
+    order, else 0..N-1), that image's best position and its similarity."""
+
+
+class PatchIndex:
+    """A database of feature maps prepared once for many exact patch searches of a few query positions.
+
+    ``PatchIndex(database, kernel=K)`` checks the maps (N, H, W, C) and keeps each map's power-of-two
+    scale and the inverse norm of every K×K patch (4 bytes per position, ``prepared_bytes``). The maps
+    follow the module's array conventions: float32/float16 C-contiguous arrays (an ActivationStore
+    layer's float16 memmap included) are borrowed in place, never copied, and must stay unchanged while
+    the index is used; anything else is copied once, here (float16 stays float16, the rest becomes
+    float32), and the index keeps that copy.
+
+    ``search(query_map, positions)`` then returns, for each query position (y, x) of ``query_map``
+    (H', W', C), the exact top-k over every position of every database map (or of the store rows in
+    ``rows``): the similarity of ``patches`` (cosine of the zero-padded K×K×C descriptors, offsets
+    -(K-1)//2 .. K//2; equal up to float32 rounding) and its tie rule (lowest (row, y, x)), identical for
+    any ``threads``. A search reads each searched map once (float16 converted on the fly) and needs
+    K·K·C multiply-adds per database position and query position; several threads may search at once.
+
+    >>> import numpy as np
+    >>> from compnn_py import match
+    >>> db = np.zeros((2, 3, 3, 1), np.float32)
+    >>> db[1, 2, 0, 0] = 1.0                             # image 1 has one bright pixel, at y=2, x=0
+    >>> index = match.PatchIndex(db, kernel=1)
+    >>> m = index.search(np.ones((4, 4, 1)), [(0, 3)], k=2)   # float64 query: copied to float32
+    >>> m.image.tolist(), m.y.tolist(), m.x.tolist(), m.similarity.tolist()
+    ([[1, 0]], [[2, 0]], [[0, 0]], [[1.0, 0.0]])
+    >>> top, per_image = index.search_images(np.ones((4, 4, 1), np.float32), [(0, 3)])
+    >>> per_image.similarity.tolist()                    # each image's best: image 0 is all zeros
+    [[0.0, 1.0]]
+    """
+
+    def __init__(self, database: ArrayLike, *, kernel: int, threads: int | None = None) -> None:
+        self.database = _float_array(database, "database")
+        self._index = _core.PatchIndex(self.database, kernel, _threads(threads))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, H, W, C) of the database."""
+        return tuple(int(v) for v in self._index.shape)
+
+    @property
+    def kernel(self) -> int:
+        """K, the patch side."""
+        return int(self._index.kernel)
+
+    @property
+    def prepared_bytes(self) -> int:
+        """Memory the index keeps besides the database: 4 bytes per database position (+ 2 per map)."""
+        return int(self._index.prepared_bytes)
+
+    def search(self, query_map: ArrayLike, positions: ArrayLike, *, k: int = 1, rows: ArrayLike | None = None,
+               threads: int | None = None) -> Matches:
+        """Top-k database positions for each query position.
+
+        Args:
+          query_map: (H', W', C) real float array-like (converted as the module's conventions say).
+          positions: (P, 2) integer array-like of (y, x) in ``query_map``'s grid.
+          k: matches per position, 1 <= k <= searched positions.
+          rows: optional 1-D integer array-like of store rows to search (as in ``patches``).
+          threads: worker threads; None = every CPU this process may use. Results do not depend on it.
+
+        Returns:
+          ``Matches`` of (P, k) arrays, best first, ties to the lowest (row, y, x).
+        """
+        top, _ = self._index.search(_float_array(query_map, "query_map"), positions, rows, k, _threads(threads),
+                                    False)
+        return _matches(top)
+
+    def search_images(self, query_map: ArrayLike, positions: ArrayLike, *, k: int = 1,
+                      rows: ArrayLike | None = None, threads: int | None = None) -> IndexSearch:
+        """``search`` plus each searched image's best position, in the same pass over the database
+        (how ambiguous a source is: how close the best position of another image comes)."""
+        top, per_image = self._index.search(_float_array(query_map, "query_map"), positions, rows, k,
+                                            _threads(threads), True)
+        return IndexSearch(top=_matches(top), per_image=_matches(per_image))

@@ -130,4 +130,41 @@ std::string blas_backend();
 // Whether the build uses AVX-512 / F16C paths (for reports).
 std::string build_info();
 
+// ---- prepared patch index (appended for the provenance explorer) ---------------------------------
+
+// A database of feature maps (N, H, W, C), float32 or float16, prepared once for many small patch
+// searches (a few query positions each): per map its finiteness is checked and its power-of-two scale
+// exponent and the inverse norm of every K×K patch ('SAME' zero padding, offsets -(K-1)/2 .. K/2) are
+// kept in memory (4 bytes per position). The maps themselves are borrowed, never copied: the caller keeps
+// them alive and unchanged while the index is used. A search streams the searched maps once (float16
+// converted to float32 on the fly) and returns, for every query position, the exact top-k over every
+// position of every searched map, with patch_topk's similarity (the same up to float32 rounding) and
+// tie rule (lowest (row, y, x)); results are identical for any thread count. search() is const and may
+// be called from several threads at once.
+class PatchIndex {
+ public:
+  PatchIndex(const Tensor& database, int64_t kernel, int64_t threads, const Cancel& cancel = {});
+
+  // Top-k for the query positions (y, x) of query (H, W, C) (any H, W; channels C), given flat as
+  // positions = {y0, x0, y1, x1, ...}; rows: store rows to search (empty = all). Result h = number of
+  // positions, w = 1. With per_row non-null it also receives, per query position and searched row (in
+  // `rows` order), that row's best position: h = positions, w = rows searched, k = 1.
+  PatchMatches search(const Tensor& query, const std::vector<int64_t>& positions, const std::vector<int64_t>& rows,
+                      int64_t k, int64_t threads, const Cancel& cancel = {}, PatchMatches* per_row = nullptr) const;
+
+  int64_t n() const { return n_; }
+  int64_t h() const { return h_; }
+  int64_t w() const { return w_; }
+  int64_t c() const { return c_; }
+  int64_t kernel() const { return kernel_; }
+  // Bytes the index keeps besides the borrowed maps.
+  int64_t prepared_bytes() const;
+
+ private:
+  Tensor db_;
+  int64_t n_ = 0, h_ = 0, w_ = 0, c_ = 0, kernel_ = 1;
+  std::vector<float> inv_norm_;  // (N, H, W) inverse patch norms of the scaled maps (0: zero patch)
+  std::vector<int16_t> exponent_;  // per map: values are multiplied by 2^-exponent before use
+};
+
 }  // namespace cnn_core
