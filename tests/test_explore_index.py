@@ -159,7 +159,9 @@ def test_argument_checks_name_the_argument():
     with pytest.raises(ValueError, match="^kernel:"):
         match.PatchIndex(db, kernel=0)
     with pytest.raises(TypeError, match="^database:"):
-        match.PatchIndex(db.astype(np.float64), kernel=1)
+        match.PatchIndex(db.astype(np.int32), kernel=1)
+    with pytest.raises(ValueError, match="^query_map: masked"):
+        index.search(np.ma.masked_array(q), [(0, 0)])
     bad = db.copy()
     bad[1, 2, 2, 3] = np.nan
     with pytest.raises(ValueError, match="^database: contains NaN"):
@@ -176,3 +178,15 @@ def test_keeps_the_database_alive():
     gc.collect()
     m = index.search(np.ones((3, 3, 2), np.float32), [(0, 0)], k=2)
     assert np.isfinite(m.similarity).all()
+
+
+def test_other_float_arrays_are_copied_once_with_the_same_results():
+    rng = np.random.default_rng(8)
+    db = _maps(rng, (3, 4, 5, 2))
+    query = _maps(rng, (4, 5, 2))
+    a = match.PatchIndex(db, kernel=3).search(query, [(1, 1), (3, 4)], k=4)
+    index = match.PatchIndex(db.astype(np.float64), kernel=3)   # copied to float32, kept by the index
+    assert index.database.dtype == np.float32
+    b = index.search(query.astype(np.float64)[:, ::-1][:, ::-1].tolist(), np.array([[1, 1], [3, 4]]), k=4)
+    for f in ("image", "y", "x", "similarity"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
