@@ -1,17 +1,23 @@
-"""Pictures for CompNN results: colourised label maps, activation maps as RGB, titled PNG panels, and the
-figures of each analysis in `compnn_py.compose` (composition, correspondence map, layer sweep, bias
-modification, reconstruction, activation prediction). numpy + Pillow only; every function returns a
-uint8 (H, W, 3) array, and `save_png` writes one.
+"""Pictures for CompNN results: colourised label maps, activation maps as RGB, panels of pictures, and
+the figures of each analysis in `compnn_py.compose` (composition, correspondence map, layer sweep, bias
+modification, reconstruction, activation prediction). numpy + Pillow only.
+
+Pictures carry pixels only, never text: a figure is a `Panel`, a grid of equally sized pictures whose
+titles (and, for heatmaps, colour-scale labels) are kept as strings beside the pixels. `save_png`
+writes the grid's pixels; `Panel.layout()` is the JSON-able rest, from which a page (the report) shows
+each picture with its title as text, readable at any size and searchable, and `cells_of` cuts a saved
+grid back into its pictures.
 """
 
 from __future__ import annotations
 
 import colorsys
 from pathlib import Path
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from compnn_py.data.labels import colorize as data_colorize
 
@@ -71,9 +77,42 @@ def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.repeat(np.repeat(img, f, 0), f, 1)
 
 
+@dataclass(frozen=True)
+class Panel:
+    """A figure: pictures of one size in a grid (``ncols`` wide, ``pad`` white pixels around each), with
+    their titles as text. ``image`` is the grid's pixels (no text); ``scale`` is the integer upscale the
+    pictures got (so ``cell[::scale, ::scale]`` is a picture at its own resolution); ``colour_scale``
+    names the two ends of the heatmap ramp (``RAMP``) when the pictures are heatmaps."""
+
+    image: np.ndarray                    # uint8 (H, W, 3)
+    titles: tuple[str, ...]
+    ncols: int
+    cell: tuple[int, int]                # (h, w) of each picture in `image`
+    pad: int
+    scale: int
+    colour_scale: tuple[str, str] | None = field(default=None)
+
+    def layout(self) -> dict[str, Any]:
+        """Everything but the pixels, as JSON-able values (what `cells_of` needs, plus the words)."""
+        return {"titles": list(self.titles), "ncols": self.ncols, "cell": list(self.cell), "pad": self.pad,
+                "scale": self.scale, "colour_scale": list(self.colour_scale) if self.colour_scale else None}
+
+
+def cells_of(image: np.ndarray, layout: Mapping[str, Any], *, native: bool = True) -> list[np.ndarray]:
+    """The pictures of a saved `Panel` grid, in title order; `native` undoes the integer upscale."""
+    (h, w), pad, ncols = layout["cell"], layout["pad"], layout["ncols"]
+    step = layout.get("scale", 1) if native else 1
+    out = []
+    for j in range(len(layout["titles"])):
+        r, c = divmod(j, ncols)
+        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+        out.append(np.ascontiguousarray(image[y0:y0 + h:step, x0:x0 + w:step]))
+    return out
+
+
 def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int | None = None,
-          pad: int = 4, palette=None, min_cell: int = 128) -> np.ndarray:
-    """Grid of pictures (label maps colourised with `palette`), each under its title, on white. Cells are
+          pad: int = 4, palette=None, min_cell: int = 128) -> Panel:
+    """Grid of pictures (label maps colourised with `palette`) on white, titles kept as text. Cells are
     the largest picture's size, integer-upscaled until its longer side is at least `min_cell` pixels."""
     if not images:
         raise ValueError("panel needs at least one image")
@@ -87,25 +126,21 @@ def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, 
     rgbs = [_fit(im, ch, cw) for im in rgbs]
     ncols = min(len(rgbs), ncols or len(rgbs))
     nrows = -(-len(rgbs) // ncols)
-    th = 14 if titles else 0
-    canvas = Image.new("RGB", (ncols * (cw + pad) + pad, nrows * (ch + th + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    canvas = np.full((nrows * (ch + pad) + pad, ncols * (cw + pad) + pad, 3), 255, np.uint8)
     for j, im in enumerate(rgbs):
         r, c = divmod(j, ncols)
-        x0, y0 = pad + c * (cw + pad), pad + r * (ch + th + pad)
-        if titles:
-            draw.text((x0, y0), str(titles[j])[: max(4, cw // 6)], fill=(0, 0, 0), font=font)
-        canvas.paste(Image.fromarray(im), (x0, y0 + th))
-    return np.asarray(canvas)
+        y0, x0 = pad + r * (ch + pad), pad + c * (cw + pad)
+        canvas[y0:y0 + im.shape[0], x0:x0 + im.shape[1]] = im
+    names = tuple(str(t) for t in titles) if titles is not None else ("",) * len(rgbs)
+    return Panel(canvas, names, ncols, (ch, cw), pad, up)
 
 
 def save_png(path, image) -> Path:
-    """Write a uint8 RGB array as PNG (parent directory must exist)."""
+    """Write a uint8 RGB array, or a `Panel`'s pixels, as PNG (parent directory must exist)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist")
-    Image.fromarray(to_rgb(image)).save(path)
+    Image.fromarray(to_rgb(image.image if isinstance(image, Panel) else image)).save(path)
     return path
 
 
@@ -237,8 +272,9 @@ def bias_figure(query, i: int, results: Mapping[str, object], *, palette=None, c
 
 # ---- activation maps with a colour scale -------------------------------------------------------------
 
-# A perceptually ordered ramp (dark violet -> blue -> teal -> green -> yellow), anchors read off viridis.
-_RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+# A perceptually ordered ramp (dark violet -> blue -> teal -> green -> yellow), anchors read off viridis;
+# pages draw the same ramp as a CSS gradient beside a heatmap Panel (its colour_scale names the ends).
+RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 
 
 def heatmap(values, lo: float, hi: float) -> np.ndarray:
@@ -246,23 +282,10 @@ def heatmap(values, lo: float, hi: float) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
         raise ValueError(f"heatmap needs a 2-D array, got shape {v.shape}")
-    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(_RAMP) - 1)
-    j = np.minimum(t.astype(int), len(_RAMP) - 2)
+    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(RAMP) - 1)
+    j = np.minimum(t.astype(int), len(RAMP) - 2)
     f = (t - j)[..., None]
-    return ((1 - f) * _RAMP[j] + f * _RAMP[j + 1]).round().astype(np.uint8)
-
-
-def colour_scale(width: int, low: str, high: str, *, height: int = 14, pad: int = 4) -> np.ndarray:
-    """A horizontal strip of the heatmap ramp, `low` written under its left end and `high` under its right."""
-    bar = heatmap(np.tile(np.linspace(0, 1, max(width - 2 * pad, 2)), (height, 1)), 0.0, 1.0)
-    canvas = Image.new("RGB", (width, height + 2 * pad + 14), (255, 255, 255))
-    canvas.paste(Image.fromarray(bar), (pad, pad))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    draw.text((pad, height + pad + 2), low, fill=(0, 0, 0), font=font)
-    tw = draw.textlength(high, font=font)
-    draw.text((width - pad - tw, height + pad + 2), high, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
+    return ((1 - f) * RAMP[j] + f * RAMP[j + 1]).round().astype(np.uint8)
 
 
 def strongest_channels(act, n: int) -> list[int]:
@@ -275,7 +298,7 @@ def activation_heatmaps(pred, channels: Sequence[int] | None = None, *, n_channe
     """Fig. 3 with a colour scale: for each channel (default: the `n_channels` that vary most in the CNN's
     own map) a row of the CNN's map, the compositional and the global prediction, and the compositional
     prediction's absolute error, all on the ramp from that channel's minimum to its maximum in the CNN's
-    map. Returns (figure, channels)."""
+    map. Returns (the Panel, whose ``colour_scale`` names the ramp's ends, and the channels)."""
     actual = np.asarray(pred.actual, dtype=np.float64)
     channels = strongest_channels(actual, n_channels) if channels is None else list(channels)
     comp, glob = (np.asarray(a, dtype=np.float64) for a in (pred.compositional.output, pred.global_.output))
@@ -286,5 +309,4 @@ def activation_heatmaps(pred, channels: Sequence[int] | None = None, *, n_channe
                  heatmap(np.abs(comp[..., c] - actual[..., c]), 0.0, hi - lo)]
         titles += [f"ch {c} CNN", "CompNN", "global", "|CompNN-CNN|"]
     grid = panel(pics, titles, ncols=4)
-    scale = colour_scale(grid.shape[1], "channel min (error 0)", "channel max (error = range)")
-    return np.concatenate([grid, scale], 0), channels
+    return replace(grid, colour_scale=("channel min (error 0)", "channel max (error = range)")), channels

@@ -327,7 +327,7 @@ def test_predict_activations_cut_and_paste(tmp_path, rng, matcher):
     np.testing.assert_array_equal(pred.global_.output, tgt[g])
     from compnn_py import figures
 
-    assert figures.activation_figure(pred, (0, 1, 2)).shape == (4 + 14 + 128 + 4, 4 + 3 * (128 + 4), 3)
+    assert figures.activation_figure(pred, (0, 1, 2)).image.shape == (4 + 128 + 4, 4 + 3 * (128 + 4), 3)
     with pytest.raises(ValueError, match="divide"):
         compose.predict_activations(db, q, 0, source_layer="tgt", target_layer="src")
 
@@ -391,15 +391,15 @@ def test_analysis_pictures(db, tmp_path, matcher):
     comp = compose.compnn(db, q, 0, layer="fine", target="labels")
     fig = figures.composition_figure(q, 0, {"CompNN (O)": comp}, palette=pal)
     up = 128 // H  # panels upscale small pictures to 128 px cells
-    assert fig.shape == (4 + 14 + 128 + 4, 4 + 4 * (128 + 4), 3)
+    assert fig.image.shape == (4 + 128 + 4, 4 + 4 * (128 + 4), 3)
     x0 = 4 + 3 * (128 + 4)  # fourth panel: the composed labels, colourised
-    np.testing.assert_array_equal(fig[4 + 14:4 + 14 + 128:up, x0:x0 + 128:up], figures.colorize(q.labels[0], pal))
+    np.testing.assert_array_equal(fig.image[4:4 + 128:up, x0:x0 + 128:up], figures.colorize(q.labels[0], pal))
     steps = compose.layer_sweep(db, q, 0, layers=["bottleneck", "fine"], target="labels")
     rec = compose.reconstruction(db, q, 0, layer="fine", target="labels")
     bias = compose.bias_modification(db, q, 0, {"b": [1], "all": None}, layer="fine", target="labels")
     for pic in (figures.sweep_figure(steps, palette=pal), figures.reconstruction_figure(rec, q, 0, palette=pal),
                 figures.bias_figure(q, 0, bias, palette=pal)):
-        assert pic.dtype == np.uint8 and pic.ndim == 3
+        assert pic.image.dtype == np.uint8 and pic.image.ndim == 3 and len(pic.titles) > 1
         figures.save_png(tmp_path / "p.png", pic)
 
 

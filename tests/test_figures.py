@@ -1,5 +1,8 @@
-"""Tests of compnn_py.figures: colours, panel geometry and content, PNG round trip, and the correspondence
-figure drawn from a hand-made composition."""
+"""Tests of compnn_py.figures: colours, panel geometry and content (pixels only: titles stay text), PNG
+round trip and cutting a saved panel back into its pictures, and the correspondence figure drawn from a
+hand-made composition."""
+
+import json
 
 import numpy as np
 import pytest
@@ -31,14 +34,37 @@ def test_panel_places_images_and_upscales_small_ones(rng):
     a = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
     b = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
     p = figures.panel([a, b], pad=2, min_cell=0)
-    assert p.shape == (2 + 8 + 2, 2 + 2 * (8 + 2), 3)
-    np.testing.assert_array_equal(p[2:10, 2:10], a)
-    np.testing.assert_array_equal(p[2:10, 12:20], np.repeat(np.repeat(b, 2, 0), 2, 1))
+    assert p.image.shape == (2 + 8 + 2, 2 + 2 * (8 + 2), 3) and p.titles == ("", "")
+    np.testing.assert_array_equal(p.image[2:10, 2:10], a)
+    np.testing.assert_array_equal(p.image[2:10, 12:20], np.repeat(np.repeat(b, 2, 0), 2, 1))
     titled = figures.panel([a, b, a], ["one", "two", "three"], ncols=2, pad=2, min_cell=20)  # cells 24×24
-    assert titled.shape == (2 * (24 + 14 + 2) + 2, 2 + 2 * (24 + 2), 3)
-    np.testing.assert_array_equal(titled[2 + 14:2 + 14 + 24, 2:26], np.repeat(np.repeat(a, 3, 0), 3, 1))
+    assert titled.image.shape == (2 * (24 + 2) + 2, 2 + 2 * (24 + 2), 3)  # no band of text: pixels only
+    np.testing.assert_array_equal(titled.image[2:26, 2:26], np.repeat(np.repeat(a, 3, 0), 3, 1))
+    assert (titled.image[28:, 28:] == 255).all()  # the empty fourth cell
+    assert titled.layout() == {"titles": ["one", "two", "three"], "ncols": 2, "cell": [24, 24], "pad": 2,
+                               "scale": 3, "colour_scale": None}
     with pytest.raises(ValueError, match="titles"):
         figures.panel([a], ["x", "y"])
+
+
+def test_panel_pixels_hold_no_text(rng):
+    """Titles never reach the pixels: the same pictures with and without (long) titles give the same image."""
+    a = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
+    plain = figures.panel([a, a])
+    titled = figures.panel([a, a], ["a long title " * 5, "CompNN relL2=0.12"])
+    np.testing.assert_array_equal(plain.image, titled.image)
+
+
+def test_cells_of_cuts_a_saved_panel_back_into_its_pictures(tmp_path, rng):
+    pics = [rng.integers(0, 256, (5, 7, 3)).astype(np.uint8) for _ in range(5)]
+    p = figures.panel(pics, [f"t{j}" for j in range(5)], ncols=3)
+    figures.save_png(tmp_path / "p.png", p)
+    saved = np.asarray(Image.open(tmp_path / "p.png"))
+    layout = json.loads(json.dumps(p.layout()))  # what analyses.json keeps
+    for got, want in zip(figures.cells_of(saved, layout), pics):
+        np.testing.assert_array_equal(got, want)  # the pictures at their own resolution
+    big = figures.cells_of(saved, layout, native=False)
+    assert big[0].shape == (p.cell[0], p.cell[1], 3) and p.scale == 19  # 7 px upscaled past 128
 
 
 def test_save_png_round_trip(tmp_path, rng):
@@ -84,10 +110,11 @@ def test_correspondence_map_and_figure(tmp_path, rng):
     np.testing.assert_array_equal(marked[3, 3], colours[0])
     np.testing.assert_array_equal(marked[3, 0], np.round(db.images[2][3, 0] * 0.35).astype(np.uint8))
     fig = figures.correspondence_figure(corr, db, comp.output)
-    assert fig.dtype == np.uint8 and fig.shape[1] == 4 + 4 * (128 + 4)  # output, map, 2 sources; 8px cells ×16
+    assert fig.image.dtype == np.uint8 and fig.image.shape[1] == 4 + 4 * (128 + 4)  # output, map, 2 sources; 8px ×16
+    assert fig.titles[:2] == ("CompNN", "sources") and fig.titles[2] == "z (40px)"
     figures.save_png(tmp_path / "corr.png", fig)
     by_label = figures.correspondence_figure(corr, db, show="labels", palette=figures.palette_of(db))
-    assert by_label.shape[1] == 4 + 3 * (128 + 4)
+    assert by_label.image.shape[1] == 4 + 3 * (128 + 4)
     with pytest.raises(ValueError, match="show"):
         figures.correspondence_figure(corr, db, show="photos")
 
@@ -95,7 +122,7 @@ def test_correspondence_map_and_figure(tmp_path, rng):
 def test_heatmap_ramp_ends_and_clipping():
     v = np.array([[0.0, 1.0, 2.0, -5.0, 9.0]])
     out = figures.heatmap(v, 0.0, 2.0)
-    ramp = figures._RAMP.astype(np.uint8)
+    ramp = figures.RAMP.astype(np.uint8)
     np.testing.assert_array_equal(out[0, 0], ramp[0])
     np.testing.assert_array_equal(out[0, 2], ramp[-1])
     np.testing.assert_array_equal(out[0, 1], ramp[len(ramp) // 2])  # midpoint of a 5-anchor ramp
@@ -104,7 +131,6 @@ def test_heatmap_ramp_ends_and_clipping():
     # Brightness grows along the ramp (a reader can rank values by lightness).
     lum = figures.heatmap(np.linspace(0, 1, 50)[None], 0, 1)[0] @ np.array([0.3, 0.59, 0.11])
     assert np.all(np.diff(lum) > -1e-9)
-    assert figures.colour_scale(300, "lo", "hi").shape[1] == 300
 
 
 def test_strongest_channels_and_activation_heatmaps(rng):
@@ -120,10 +146,12 @@ def test_strongest_channels_and_activation_heatmaps(rng):
 
     fig, channels = figures.activation_heatmaps(Pred, n_channels=2)
     assert channels == [1, 3]
-    assert fig.shape[1] == 4 + 4 * (128 + 4)  # CNN, CompNN, global, |error| per channel row
+    assert fig.image.shape == (4 + 2 * (128 + 4), 4 + 4 * (128 + 4), 3)  # CNN, CompNN, global, |error| per row
+    assert fig.titles[:4] == ("ch 1 CNN", "CompNN", "global", "|CompNN-CNN|")
+    assert fig.colour_scale == ("channel min (error 0)", "channel max (error = range)")  # as words, not pixels
     # A perfect compositional prediction: its error panel is all the ramp's darkest colour.
-    err = fig[4 + 14:4 + 14 + 128, 4 + 3 * 132:4 + 3 * 132 + 128]
-    assert (err == figures._RAMP[0].astype(np.uint8)).all()
+    err = fig.image[4:4 + 128, 4 + 3 * 132:4 + 3 * 132 + 128]
+    assert (err == figures.RAMP[0].astype(np.uint8)).all()
 
 
 def test_bias_figure_shows_changed_pixels(rng):
@@ -136,6 +164,7 @@ def test_bias_figure_shows_changed_pixels(rng):
     b[:, 4:] = 1
     fig = figures.bias_figure(Q, 0, {"x": a, "y": b}, palette=figures.distinct_colours(2), changed=a != b,
                               cnn=True)
-    assert fig.shape[1] == 4 + 5 * (128 + 4)  # input, CNN, two outputs, changed mask
-    mask = fig[4 + 14:4 + 14 + 128, 4 + 4 * 132:4 + 4 * 132 + 128]
+    assert fig.image.shape[1] == 4 + 5 * (128 + 4)  # input, CNN, two outputs, changed mask
+    assert fig.titles == ("input", "CNN output", "from x", "from y", "changed 50%")
+    mask = fig.image[4:4 + 128, 4 + 4 * 132:4 + 4 * 132 + 128]
     assert (mask[:, :64] == 40).all() and (mask[:, 64:] == 255).all()

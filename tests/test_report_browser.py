@@ -82,3 +82,38 @@ def test_legend_names_every_class(page):
     items = [li.text.strip() for li in page.find_elements(By.CSS_SELECTOR, "#legend li")]
     for name in TASKS["cityscapes"].class_names:
         assert name in items, (name, items)
+
+
+def test_a_folded_section_opens_on_click_and_from_the_navigation(page):
+    from selenium.webdriver.common.by import By
+
+    first = page.find_element(By.CSS_SELECTOR, "#matching > p")
+    assert not first.is_displayed()  # folded when the page opens
+    summary = page.find_element(By.CSS_SELECTOR, "#matching > summary")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", summary)
+    summary.click()
+    assert first.is_displayed() and page.execute_script("return document.getElementById('matching').open")
+    summary.click()
+    assert not first.is_displayed()
+    # Following the navigation's link to a folded section unfolds it.
+    assert not page.execute_script("return document.getElementById('run').open")
+    page.find_element(By.CSS_SELECTOR, "nav a[href='#run']").click()
+    assert page.execute_script("return document.getElementById('run').open")
+    assert page.find_element(By.CSS_SELECTOR, "#run table").is_displayed()
+    # The second query starts folded and opens on click, like a section.
+    q1 = page.find_element(By.ID, "compnn-1")
+    assert not q1.is_displayed()
+    q1_summary = page.find_element(By.CSS_SELECTOR, "#query-1 > summary")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", q1_summary)
+    q1_summary.click()
+    assert q1.is_displayed()
+
+
+def test_figure_and_chart_words_are_readable_text(page):
+    """Picture titles and chart labels are page text at 13 px or more (they were ~6 px bitmap text)."""
+    sizes = page.execute_script(
+        "return [...document.querySelectorAll('figure.cell figcaption, figure.chart svg text, figure.chart "
+        "figcaption, .scale .ends span')].map(e => [e.textContent, parseFloat(getComputedStyle(e).fontSize)])")
+    assert len(sizes) > 20
+    small = [(t, s) for t, s in sizes if s < 13]
+    assert not small, small

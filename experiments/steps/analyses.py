@@ -85,7 +85,7 @@ def _short(score: dict[str, float]) -> str:
 
 def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchical", threads=None) -> dict:
     """Every analysis of query image i: writes `<kind>_<i>.png` figures into `out_dir` and returns
-    {"index", "query_id", "meta", "figures": [{"kind", "file", "caption"}], "reconstruction",
+    {"index", "query_id", "meta", "figures": [{"kind", "file", "caption", "layout"}], "reconstruction",
     "correspondence", "bias", "activation_prediction", "layer_sweep"} (plain JSON-able values)."""
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     db, query = open_stores(export_dir)
@@ -97,10 +97,10 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
     qid = query.image_ids[i]
     res: dict[str, Any] = {"index": int(i), "query_id": qid, "meta": query.image_meta[i], "figures": []}
 
-    def save(kind, img, caption, variant=""):
+    def save(kind, fig: figures.Panel, caption, variant=""):
         name = f"{kind}{variant}_{i}.png"
-        figures.save_png(out_dir / name, img)
-        res["figures"].append({"kind": kind, "file": name, "caption": caption})
+        figures.save_png(out_dir / name, fig)  # pixels only; the words go to the report as text
+        res["figures"].append({"kind": kind, "file": name, "caption": caption, "layout": fig.layout()})
 
     # Reconstruction (Fig. 10): one set of fine-layer matches copies training inputs and training targets.
     rec = compose.reconstruction(db, query, i, layer=ms["fine"], global_nn_layer=ms["global"], **kw)

@@ -110,7 +110,60 @@ def _legend_section(spec, is_labels_out: bool) -> str:
             + report_page.legend(spec.class_names, spec.palette, void_colour=figures.VOID_COLOUR))
 
 
-def _table1_section(cfg, spec, summary: dict) -> str:
+def identical_rows(table: dict) -> list[list[str]]:
+    """Groups (two or more, in table order) of Table 1 rows whose every score is the same."""
+    groups: list[list[str]] = []
+    for r, vals in table.items():
+        g = next((g for g in groups if table[g[0]] == vals), None)
+        if g is None:
+            groups.append([r])
+        else:
+            g.append(r)
+    return [g for g in groups if len(g) > 1]
+
+
+_GLOBAL_ROWS = {"Global Bottleneck NN": "global", "Global Decode2 NN": "decode2"}
+
+
+def _identical_rows_html(table: dict, outputs, db, query) -> str:
+    """Why Table 1 rows with identical scores are identical, computed: the same predictions on every query
+    (outputs.npz), and for the two global NN rows whether they search the same layer or find, for every
+    query, the same nearest training image (whose whole output both then copy)."""
+    notes: dict[str, list[str]] = {}
+    for group in identical_rows(table):
+        same_output = all(np.array_equal(outputs[group[0].replace(" ", "_")], outputs[r.replace(" ", "_")])
+                          for r in group[1:] if r.replace(" ", "_") in outputs)
+        bases = {r.rsplit(" (", 1)[0] for r in group}
+        if same_output and bases == set(_GLOBAL_ROWS) and len(group) == 2:
+            why = _same_global_image(db, query, len(outputs[group[0].replace(" ", "_")]))
+        elif same_output:
+            why = "they predict the same output on every query image"
+        else:
+            why = "their predictions differ, but score the same"
+        notes.setdefault(why, []).append(" and ".join(group))
+    return "".join(f"<p class='note'>Identical rows: {esc('; '.join(pairs))}: {esc(why)}.</p>"
+                   for why, pairs in notes.items())
+
+
+def _same_global_image(db, query, n: int) -> str:
+    from compnn_py import compose
+
+    ms = db.metadata["match_spec"]
+    g, d = ms["global"], ms["decode2"]
+    if g == d:
+        return f"both global searches compare the same layer ({g}), so they pick the same training image"
+    picks = [[int(compose.global_nn(db, query, i, layer=lay).source_image[0, 0]) for lay in (g, d)]
+             for i in range(n)]
+    same = sum(a == b for a, b in picks)
+    if same == n:
+        return (f"for each of the {n} query images, the training image nearest by the whole {g} map is also "
+                f"the one nearest by the whole {d} map (" + ", ".join(db.image_ids[a] for a, _ in picks)
+                + "), and a global NN copies that image's whole output")
+    return (f"the nearest training images by {g} and by {d} differ for {n - same} of {n} query images, "
+            f"but those images' outputs are identical")
+
+
+def _table1_section(cfg, spec, summary: dict, same_rows: str = "") -> str:
     t = summary["table1"]
     rows = list(t)
     cols = list(next(iter(t.values())))
@@ -132,7 +185,8 @@ def _table1_section(cfg, spec, summary: dict) -> str:
     html = [f"<p>Scores over the {n_q} query images of this run; CompNN rows use {esc(str(method))} matching "
             f"(see <a href='#matching'>matching</a>). CompNN explains the network well when its rows come "
             f"close to the Baseline CNN row, and better than global matching when they beat the Global rows.</p>",
-            "<h3>Against the ground truth</h3>", report_page.table(header, body, classes=classes, table_id="table1")]
+            "<h3>Against the ground truth</h3>", report_page.table(header, body, classes=classes, table_id="table1"),
+            same_rows]
     if paper:
         html.append(f"<p class='note'>Shaded columns: {esc(paper_numbers.PAPER)}, for the same task with the "
                     f"paper's networks on the full real dataset. The paper calls its accuracy “mean pixel "
@@ -164,9 +218,9 @@ def _table1_section(cfg, spec, summary: dict) -> str:
         head = ["Class", *(SHORT_ROWS.get(r, r) for r in pc)]
         body = [[Raw(report_page.swatch(colour[n]) + " " + esc(n)) if n in colour else n,
                  *(pc[r][n] for r in pc)] for n in names]
-        html.append("<h3>Per-class IoU against the ground truth</h3><p class='note'>A dash: the class is in "
-                    "neither the ground truth nor the prediction of these query images.</p>"
-                    + report_page.table(head, body, digits=2))
+        html.append("<details class='sub' id='per-class'><summary><h3>Per-class IoU against the ground truth</h3>"
+                    "</summary><p class='note'>A dash: the class is in neither the ground truth nor the prediction "
+                    "of these query images.</p>" + report_page.table(head, body, digits=2) + "</details>")
     return "".join(html)
 
 
@@ -240,7 +294,24 @@ def _agreement_html(summary: dict) -> str:
             + report_page.table(["Comparison", *(t for _, t in _AGREE_COLUMNS)], rows, table_id="agreement"))
 
 
-def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[tuple[str, str, str]]:
+def _figure_html(path: Path, f: dict) -> str:
+    """An analysis figure: its pictures (cut from the PNG at their own resolution, shown FIGURE_ZOOM times
+    the size they have in the PNG) with their titles as text, or, for a figure recorded without a
+    layout (an analyses stage from before layouts), the PNG as one picture."""
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    fig_id = f"fig-{f['file'][:-4]}"
+    layout = f.get("layout")
+    if not layout:
+        return report_page.figure(report_page.data_uri(path), f["caption"], fig_id=fig_id,
+                                  width=round(pixels.shape[1] * FIGURE_ZOOM))
+    cells = [(t, report_page.data_uri(c)) for t, c in zip(layout["titles"], figures.cells_of(pixels, layout))]
+    return report_page.panel_figure(cells, layout["ncols"], f["caption"], fig_id=fig_id,
+                                    cell_width=round(layout["cell"][1] * FIGURE_ZOOM),
+                                    colour_scale=layout.get("colour_scale"))
+
+
+def _analyses_sections(analyses: dict, fig_html: dict, is_labels: bool) -> list[tuple[str, str, str]]:
     qs = analyses.get("queries", [])
     by_kind: dict[str, list] = {}
     for q in qs:
@@ -248,9 +319,7 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
             by_kind.setdefault(f["kind"], []).append((q, f))
 
     def figs(kind):
-        return "".join(report_page.figure(fig_uri[f["file"]][0], f["caption"], fig_id=f"fig-{f['file'][:-4]}",
-                                          width=round(fig_uri[f["file"]][1] * FIGURE_ZOOM))
-                       for _, f in by_kind.get(kind, []))
+        return "".join(fig_html[f["file"]] for _, f in by_kind.get(kind, []))
 
     method = analyses.get("matching")
     how = (f"{method} matching, S = {analyses.get('shortlist')}" if method != "exact" else "exact search")
@@ -259,9 +328,9 @@ def _analyses_sections(analyses: dict, fig_uri: dict, is_labels: bool) -> list[t
         out.append(("reconstruction", "Reconstruction (Fig. 10)",
                     f"<p>The same fine-layer matches ({esc(how)}) used to copy training <i>inputs</i> instead of "
                     f"outputs: if the features keep enough about the input, the collage looks like the query "
-                    f"photo. Titles give PSNR against the input (top) and "
+                    f"photo. The titles give PSNR against the input (top row) and "
                     f"{'the fraction of pixels agreeing with' if is_labels else 'PSNR against'} the CNN output "
-                    f"(bottom).</p>" + figs("reconstruction")))
+                    f"(bottom row).</p>" + figs("reconstruction")))
     if "correspondence" in by_kind:
         out.append(("correspondence", "Correspondence map (Fig. 11)",
                     f"<p>Which training images each CompNN output is built from ({esc(how)}).</p>"
@@ -377,21 +446,32 @@ def _training_section(train_dir) -> str:
     return html
 
 
+def _exported_layers(exp: dict, per_layer_table: bool) -> str:
+    """One sentence: which layers the stores hold (export.json's export_layers and layers), and what else."""
+    layers = exp.get("layers") if isinstance(exp.get("layers"), list) else []
+    which = {"used": "only the layers this run's matching and analyses read (--export_layers=used)",
+             "all": "every named layer of the network (--export_layers=all)"}.get(exp.get("export_layers"))
+    count = f"{len(layers)} layer{'s' if len(layers) != 1 else ''}" if layers else "the exported layers"
+    return (f"Each store holds {count}{', ' + which if which else ''}, plus the images, labels and CNN outputs"
+            + ("; the table below gives each layer's share." if per_layer_table else "."))
+
+
 def _export_html(exp: dict) -> str:
     """What the exported activation stores take on disk, per image, from the export stage's export.json
-    ({"splits": {name: {"images", "bytes", "bytes_per_image", "layer_bytes_per_image"}}, "layers", ...})."""
+    ({"splits": {name: {"images", "bytes", "bytes_per_image", "layer_bytes_per_image"}}, "layers",
+    "export_layers", ...})."""
     splits = exp.get("splits") if isinstance(exp.get("splits"), dict) else {}
     parts = []
     for name, v in splits.items():
         if isinstance(v, dict) and isinstance(v.get("bytes_per_image"), (int, float)):
             parts.append(f"{esc(name)} split: <b>{v['bytes_per_image'] / 1024:.1f} KiB per image</b> "
                          f"({v.get('images')} images, {v.get('bytes', 0) / 2**20:.1f} MiB in all)")
-    html = ("<p>The activation stores on disk (every layer written, plus images, labels and CNN outputs): "
-            + "; ".join(parts) + f". Layers written: {esc(str(exp.get('export_layers', '?')))}.</p>") if parts else ""
     layer_rows = {}
     for name, v in splits.items():
         for layer, b in (v.get("layer_bytes_per_image") or {}).items() if isinstance(v, dict) else ():
             layer_rows.setdefault(layer, {})[name] = b / 1024
+    html = (f"<p>The activation stores on disk: {'; '.join(parts)}. "
+            f"{esc(_exported_layers(exp, bool(layer_rows)))}</p>") if parts else ""
     if layer_rows:
         names = list(splits)
         html += report_page.table(["Layer", *(f"KiB per image, {n}" for n in names)],
@@ -468,13 +548,11 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
             t.pictures["label"] = report_page.data_uri(figures.to_rgb(np.asarray(db.labels[row]), palette))
         train_images[row] = t
 
-    fig_uri = {}
+    fig_html = {}
     for q in analyses.get("queries", []):
         for f in q["figures"]:
             shutil.copy(analyses_dir / f["file"], out_dir / "figures" / f["file"])
-            with Image.open(analyses_dir / f["file"]) as im:
-                width = im.size[0]
-            fig_uri[f["file"]] = (report_page.data_uri(analyses_dir / f["file"]), width)
+            fig_html[f["file"]] = _figure_html(analyses_dir / f["file"], f)
 
     warn = "" if data_dir is not None else (
         f"<p class='warn'>Built-in SYNTHETIC {esc(cfg.task)} data (no --data_dir given): a stand-in that "
@@ -487,9 +565,10 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
              f"{summary['n_train']} training and {summary['n_query']} query images at "
              f"{cfg.size[0]}×{cfg.size[1]} pixels.</p>")
     sections = [("legend", "Class colours", _legend_section(spec, is_labels)),
-                ("table1", "Table 1: how close CompNN comes to the CNN", _table1_section(cfg, spec, summary)),
+                ("table1", "Table 1: how close CompNN comes to the CNN",
+                 _table1_section(cfg, spec, summary, _identical_rows_html(summary["table1"], outputs, db, query))),
                 ("matching", "Matching: exact search, shortlist and hierarchical prune", _matching_section(summary))]
-    sections += _analyses_sections(analyses, fig_uri, is_labels)
+    sections += _analyses_sections(analyses, fig_html, is_labels)
     sections += [("training", "Training curves", _training_section(train_dir)),
                  ("run", "Run details", _run_section(cfg, out_dir, export_dir, timings))]
     report_page.write_report(out_dir, title=f"compnn — {cfg.task}", sections=sections, queries=entries,
