@@ -3,12 +3,19 @@ pass per image writes every selected named layer, the input image, its ground tr
 output (the paper's self-supervised labels, Eq. 8). The architecture's facts (layer geometry, match
 spec, sweep layers, activation pairs: tf_models.registry) go into the store's metadata once, here.
 
+Before anything is written, ``resolve_match_layers`` checks that the matched layers are not degenerate
+(constant over the training images; see DEGENERATE_RULE) and moves a dead global layer to the deepest
+live one above the coarse layer.
+
 Rows go straight into the store's memmaps, so a split larger than RAM exports; the store publishes its
 manifest only when every row is written, so an interrupted export never looks complete.
 """
 
+import dataclasses
+
 import numpy as np
 import keras
+from absl import logging
 
 from compnn_py.progress import Progress
 from compnn_py.store import ActivationStore
@@ -121,3 +128,97 @@ def write_rows(model, writer, inputs, labels, start, stop, layers, postprocess, 
             writer.write(i + j, activations={name: a[j] for name, a in zip(layers, acts)},
                          image=inputs[i + j], cnn_output=out[j],
                          label=None if labels is None else labels[i + j])
+
+
+# ---- degenerate layers ------------------------------------------------------------------------------
+DEGENERATE_RTOL = 1e-3
+DEGENERATE_RULE = (f"a layer is degenerate when, for every training image i, max|a_i - a_0| <= {DEGENERATE_RTOL:g} * "
+                   "max(max|a_0|, max|a_i|) over its flattened map (a_0: the first image), an all-zero layer "
+                   "included; it cannot tell the images apart")
+
+
+class _Spread:
+    """Running test of one layer over a stream of batches: has some image differed from the first one
+    by more than the rule's tolerance (DEGENERATE_RULE)?"""
+
+    def __init__(self, rtol: float):
+        self.rtol, self.first, self.first_scale, self.varies = rtol, None, 0.0, False
+
+    def update(self, batch: np.ndarray) -> None:
+        flat = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+        if self.first is None:
+            self.first = flat[0].copy()
+            self.first_scale = float(np.abs(self.first).max(initial=0.0))
+        diff = np.abs(flat - self.first).max(axis=1, initial=0.0)
+        scale = np.maximum(np.abs(flat).max(axis=1, initial=0.0), self.first_scale)
+        self.varies = self.varies or bool((diff > self.rtol * scale).any())
+
+
+def degenerate_layers(model, inputs, layers, *, batch_size: int = 4, rtol: float = DEGENERATE_RTOL) -> list[str]:
+    """The names among ``layers`` that are degenerate over the uint8 ``inputs`` (DEGENERATE_RULE), in
+    the order given. One forward pass of the part of ``model`` those layers need, stopped as soon as
+    every layer has varied (usually after the first batch). Fewer than two images: [] (cannot tell)."""
+    layers = list(dict.fromkeys(layers))
+    if len(inputs) < 2 or not layers:
+        return []
+    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in layers])
+    spreads = {n: _Spread(rtol) for n in layers}
+    for i in range(0, len(inputs), batch_size):
+        outs = probe(np.asarray(inputs[i: i + batch_size]).astype(np.float32), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for name, out in zip(layers, outs):
+            if not spreads[name].varies:
+                spreads[name].update(np.asarray(out))
+        if all(sp.varies for sp in spreads.values()):
+            break
+    return [n for n in layers if not spreads[n].varies]
+
+
+def resolve_match_layers(model, arch, train_inputs, *, user_named: bool = False,
+                         batch_size: int = 4) -> tuple[registry.Architecture, dict]:
+    """Checks the matched layers of ``arch`` over the training images before anything is exported.
+
+    * coarse or fine degenerate: ValueError naming the layer (pixel matching on it would be arbitrary);
+    * global degenerate, layers chosen by compnn: the global descriptor moves to the deepest
+      non-degenerate layer of ``arch.global_fallbacks`` (U-net: encoder_7 for a dead encoder_8), said in
+      one log line; none left: ValueError;
+    * global degenerate, named by the user (``user_named``, --match_layers): a warning, the layer kept.
+    Returns the architecture to export with (its match spec names the global layer used, its metadata
+    holds ``global_layer``: the layer used, the one named, the degenerate layers found and the rule)."""
+    ms = arch.match_spec(model)
+    n = len(train_inputs)
+    dead = degenerate_layers(model, train_inputs, [ms[r] for r in ("global", "coarse", "fine")], batch_size=batch_size)
+    for role in ("fine", "coarse"):
+        if ms[role] in dead:
+            raise ValueError(f"the {role} layer {ms[role]} of {model.name} is constant across the {n} training "
+                             f"images (degenerate: {DEGENERATE_RULE}); match at another layer "
+                             "(--match_layers=global:NAME,coarse:NAME,fine:NAME)")
+    record = {"layer": ms["global"], "named": ms["global"], "degenerate": [], "images": n, "rule": DEGENERATE_RULE}
+    if ms["global"] not in dead:
+        return _with_global(arch, model, ms, record), record
+    record["degenerate"].append(ms["global"])
+    fallbacks = [] if user_named or arch.global_fallbacks is None else list(arch.global_fallbacks(model))
+    if user_named or not fallbacks:
+        logging.warning("global layer %s is constant across the %d training images: its shortlist and Table 1's "
+                        "Global Bottleneck row cannot tell the images apart (kept: %s)", ms["global"], n,
+                        "named with --match_layers" if user_named else "no other layer to fall back to")
+        return _with_global(arch, model, ms, record), record
+    dead_below = degenerate_layers(model, train_inputs, fallbacks, batch_size=batch_size)
+    live = next((f for f in fallbacks if f not in dead_below), None)
+    if live is None:
+        raise ValueError(f"the global layer {ms['global']} of {model.name} and every layer it could fall back to "
+                         f"({', '.join(fallbacks)}) are constant across the {n} training images")
+    record["degenerate"] += [f for f in fallbacks[:fallbacks.index(live)]]
+    record["layer"] = live
+    logging.warning("global layer %s is constant across the %d training images; using %s, the deepest layer "
+                    "above the coarse one that is not", ms["global"], n, live)
+    geo = arch.layer_geometry(model)
+    new = dict(ms, **{"global": live})
+    used = list(dict.fromkeys(new[k] for k in ("global", "coarse", "fine", "decode2")))
+    new["kernel"] = {u: geo[u]["kernel"] for u in used}
+    new["stride"] = {u: geo[u]["stride"] for u in used}
+    return _with_global(arch, model, new, record), record
+
+
+def _with_global(arch, model, ms: dict, record: dict):
+    return dataclasses.replace(arch, match_spec=lambda m: dict(ms), extra={**arch.extra, "global_layer": record})

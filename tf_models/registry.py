@@ -70,6 +70,9 @@ class Architecture:
     # before the network is used (tf_models.train.finish_training).
     recompute_bn: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)     # more facts for the store's metadata
+    # Where the global descriptor goes when its layer is degenerate (constant over the training images,
+    # tf_models.export.resolve_match_layers): the layers above the coarse one, deepest first.
+    global_fallbacks: Callable[[keras.Model], list[str]] | None = None
 
     def postprocess(self, kind: str, palette) -> Callable[[np.ndarray], np.ndarray]:
         """Raw output batch -> uint8 cnn_outputs: class ids for a segmentation task, RGB otherwise. An
@@ -131,16 +134,35 @@ def _segnet_pairs(model):
     return [("conv3_1_D", "conv2_1_D"), ("conv2_1_D", "conv1_2_D")]
 
 
+def _pix2pix_fallbacks(model):
+    # encoder_{d-1} .. the shallowest encoder map still coarser than the coarse layer (decoder_2_input).
+    depth, geo = pix2pix._depth_of(model), pix2pix.layer_geometry(model)
+    coarse = geo[pix2pix.match_spec(model)["coarse"]]["stride"]
+    return [f"encoder_{k}" for k in range(depth - 1, 0, -1) if geo[f"encoder_{k}"]["stride"] > coarse]
+
+
+def _segnet_fallbacks(model):
+    # The pooled maps below the bottleneck, deepest first, still coarser than the coarse layer.
+    geo, ms = segnet.layer_geometry(model), segnet.match_spec(model)
+    coarse = geo[ms["coarse"]]["stride"]
+    pools = sorted((n for n in geo if n.startswith("pool") and n != ms["global"]),
+                   key=lambda n: -geo[n]["stride"])
+    return [n for n in pools if geo[n]["stride"] > coarse]
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "pix2pix": Architecture("pix2pix", pix2pix.GENERATOR_NAME, pix2pix.build_generator, pix2pix.layer_geometry,
                             pix2pix.match_spec, _pix2pix_sweep, _pix2pix_pairs,
-                            "tanh_image", square_power_of_two=True, trainer="pix2pix"),
+                            "tanh_image", square_power_of_two=True, trainer="pix2pix",
+                            global_fallbacks=_pix2pix_fallbacks),
     "segnet_basic": Architecture("segnet_basic", segnet.BASIC_NAME, segnet.build_segnet_basic,
                                  segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pairs, "logits",
-                                 trainer="segnet", trainer_options={"arch": "basic"}, recompute_bn=True),
+                                 trainer="segnet", trainer_options={"arch": "basic"}, recompute_bn=True,
+                                 global_fallbacks=_segnet_fallbacks),
     "segnet_vgg16": Architecture("segnet_vgg16", segnet.VGG16_NAME, segnet.build_segnet_vgg16,
                                  segnet.layer_geometry, segnet.match_spec, _segnet_sweep, _segnet_pairs, "logits",
-                                 trainer="segnet", trainer_options={"arch": "vgg16"}, recompute_bn=True),
+                                 trainer="segnet", trainer_options={"arch": "vgg16"}, recompute_bn=True,
+                                 global_fallbacks=_segnet_fallbacks),
 }
 
 

@@ -1,6 +1,7 @@
 """The export stage: the trained network's activations of the training and query splits, written into
 two ActivationStores (`train/`, `query/`) with the architecture's analysis spec in their metadata, and
-`export.json`: which layers were written and the bytes per image each split takes on disk.
+`export.json`: which layers were written, the global layer used (a degenerate one is replaced:
+tf_models.export.resolve_match_layers) and the bytes per image each split takes on disk.
 
 By default only the layers this run reads are written (the architecture's used layers: CompNN's
 global/coarse/fine/decode2 maps, the layer sweep and the activation-prediction pair);
@@ -35,6 +36,9 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=
         model, arch = loaders.load_network(model_dir, image_size=cfg.size, kind=spec.kind, expect=cfg.model,
                                            bn_inputs=splits["train"].inputs, batch_size=cfg.batch_size,
                                            **network_options(cfg))
+        # Degenerate matched layers are found before anything is written (global: falls back, said once).
+        arch, _ = export.resolve_match_layers(model, arch, splits["train"].inputs, batch_size=BATCH,
+                                              user_named=cfg.match_layers is not None)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     post = arch.postprocess(spec.kind, spec.palette)
@@ -46,7 +50,8 @@ def export_stores(d: Path, cfg, spec, data_stage: Path, model_dir: Path, engine=
     metadata = {"num_classes": spec.num_classes, "palette": np.asarray(spec.palette).tolist(),
                 "config": cfg.as_dict()}
     model_name = cfg.model if arch.name != "custom" else f"custom:{model.name}"
-    summary = {"export_layers": which, "network": model.name, "architecture": arch.name, "splits": {}}
+    summary = {"export_layers": which, "network": model.name, "architecture": arch.name,
+               "global_layer": arch.extra["global_layer"], "splits": {}}
     model_path = None
     if engine is not None:
         model_path = d / MODEL_FILE
