@@ -77,3 +77,32 @@ def test_a_dead_fine_layer_is_one_error_naming_it():
     assert "\n" not in str(err.value)
     fine = registry.custom(model, "global:glob,coarse:coarse,fine:up", kind="segmentation")
     assert export.resolve_match_layers(model, fine, _images(4, 16), user_named=True)[1]["degenerate"] == []
+
+
+def test_the_driver_reports_the_global_layer_it_used(tmp_path):
+    """End to end on a compnn U-net (.keras) whose bottleneck is dead: export, metrics.json and the
+    report's Table 1 name encoder_4 (depth 5), and the shortlist is no longer the first S rows."""
+    from compnn_py import match
+    from compnn_py.store import ActivationStore
+
+    keras.utils.set_random_seed(1)
+    model = pix2pix.build_generator(32, ngf=4, depth=5, innermost_norm=True, bn_inference="image")
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "experiments.run", "--task=facades", "--size=32,32", "--n_train=8",
+                          "--n_query=2", "--shortlist=3", "--match_method=shortlist", f"--checkpoint={path}",
+                          f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "global layer encoder_5 is constant across the 8 training images; using encoder_4" in res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_layer"]["layer"] == "encoder_4" and metrics["global_layer"]["named"] == "encoder_5"
+    assert "Global Bottleneck NN (SS) at encoder_4 (encoder_5 is constant over the training images)" in \
+        (out / "report.html").read_text()
+    export_dir = next((out / "cache").glob("export-*"))
+    assert json.loads((export_dir / "export.json").read_text())["global_layer"]["layer"] == "encoder_4"
+    db, query = (ActivationStore.open(export_dir / s) for s in ("train", "query"))
+    assert db.metadata["match_spec"]["global"] == "encoder_4"
+    lists = [sorted(match.global_shortlist(query.layer("encoder_4")[i], db.layer("encoder_4"), 3).rows.tolist())
+             for i in range(len(query))]
+    assert any(rows != [0, 1, 2] for rows in lists), lists

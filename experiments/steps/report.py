@@ -177,7 +177,7 @@ def _table1_section(cfg, spec, summary: dict, same_rows: str = "") -> str:
         classes += ["paper", "paper"]
     body = []
     for r in rows:
-        line = [r, *(t[r][c] for c in vs_gt)]
+        line = [_row_label(r, summary), *(t[r][c] for c in vs_gt)]
         if paper:
             line += list(paper.get(r, (None, None)))
         body.append(line)
@@ -198,7 +198,8 @@ def _table1_section(cfg, spec, summary: dict, same_rows: str = "") -> str:
                     "segmentation scores only for CityScapes, CamVid and Facades-to-labels).</p>")
     if vs_cnn:
         html += ["<h3>Against the CNN's own output</h3>",
-                 report_page.table(["Approach", *map(_column_name, vs_cnn)], [[r, *(t[r][c] for c in vs_cnn)]
+                 report_page.table(["Approach", *map(_column_name, vs_cnn)], [[_row_label(r, summary),
+                                                                               *(t[r][c] for c in vs_cnn)]
                                                                               for r in rows])]
     gl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _GLOSSARY_ROWS)
     for c in vs_gt:
@@ -222,6 +223,20 @@ def _table1_section(cfg, spec, summary: dict, same_rows: str = "") -> str:
                     "</summary><p class='note'>A dash: the class is in neither the ground truth nor the prediction "
                     "of these query images.</p>" + report_page.table(head, body, digits=2) + "</details>")
     return "".join(html)
+
+
+def _row_label(row: str, summary: dict) -> str:
+    """Table 1's Global Bottleneck rows name the layer used; a degenerate one that was replaced is said
+    (issue 19: tf_models.export.resolve_match_layers)."""
+    g = summary.get("global_layer")
+    if not row.startswith("Global Bottleneck") or not isinstance(g, dict) or not g.get("layer"):
+        return row
+    label = f"{row} at {g['layer']}"
+    if g.get("named") and g["named"] != g["layer"]:
+        label += f" ({g['named']} is constant over the training images)"
+    elif g.get("degenerate"):
+        label += " (constant over the training images: global matching is arbitrary)"
+    return label
 
 
 _MATCHERS = {
@@ -515,6 +530,7 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
                                       for q in analyses.get("queries", [])]
     summary["stage_seconds"] = dict(timings)
     summary["synthetic_data"] = data_dir is None
+    summary["global_layer"] = db.metadata.get("global_layer")  # the bottleneck layer used (issue 19)
     write_json(out_dir / "metrics.json", summary)
     for ext in ("csv", "md"):
         shutil.copy(compnn_dir / f"table1.{ext}", out_dir / f"table1.{ext}")
