@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 from compnn_py import fsio
 from compnn_py.data import TASKS as TASK_SPECS
+from experiments import checks
 from experiments.errors import UserError
 from experiments.stages import Stage, config_hash, remove_stale_temporaries
 from experiments.steps import analyses as analyses_step, compnn as compnn_step, data as data_step
@@ -166,6 +167,9 @@ def settings() -> dict[str, Any]:
     if checkpoint is None and registry.get(cfg.model).square_power_of_two and (
             cfg.size[0] != cfg.size[1] or cfg.size[0] & (cfg.size[0] - 1)):
         raise UserError(f"{cfg.model} needs a square power-of-two size, got {cfg.size[0]},{cfg.size[1]}")
+    cfg, network = checks.before_stages(cfg, spec, data_dir=data_dir, checkpoint=checkpoint,
+                                        match_method=FLAGS.match_method, size_given=size is not None,
+                                        model_given=FLAGS.model is not None)
     out_dir = Path(FLAGS.out_dir or Path("runs") / FLAGS.task).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out_dir {out_dir} exists and is not a directory")
@@ -173,7 +177,7 @@ def settings() -> dict[str, Any]:
     return dict(cfg=cfg, spec=spec, data_dir=data_dir, checkpoint=checkpoint, out_dir=out_dir,
                 query_split=query_split, stages=[s for s in STAGES if s in FLAGS.stages], force=FLAGS.force,
                 match_method=FLAGS.match_method, exact_queries=FLAGS.exact_queries, threads=FLAGS.threads,
-                workers=FLAGS.workers, scheduler=FLAGS.scheduler)
+                workers=FLAGS.workers, scheduler=FLAGS.scheduler, network=network)
 
 
 # ---- stage keys: exactly what changes each stage's output ----------------------------------------
@@ -216,6 +220,7 @@ def _print_configuration(s: dict[str, Any]) -> dict[str, Any]:
                 "out_dir": str(s["out_dir"]), "stages": ",".join(s["stages"]), "force": s["force"],
                 "match_method": s["match_method"], "exact_queries": s["exact_queries"], "threads": s["threads"],
                 "workers": s["workers"], "scheduler": s["scheduler"]}
+    resolved = checks.configuration(resolved, s.get("network"))  # a given network: described, not the preset's
     print("compnn configuration (preset values after overrides):")
     for k, v in resolved.items():
         print(f"  {k:14s} = {v}")

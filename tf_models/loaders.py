@@ -91,7 +91,7 @@ def load_network(path, *, image_size=None, kind: str = "segmentation", expect: s
         if bn_inputs is not None:
             train.finish_training(model, arch, bn_inputs, batch_size=batch_size, progress=progress)
     elif what == "keras":
-        model = _load_keras(path)
+        model = _remembered(("keras",), path, lambda: _load_keras(path))
         arch = _known(model)
         if arch is None and match_layers is None:
             raise ValueError(f"{path}: network {model.name!r} was not built by compnn; name the layers to match "
@@ -104,7 +104,7 @@ def load_network(path, *, image_size=None, kind: str = "segmentation", expect: s
             raise ValueError(f"{path} holds a pix2pix-tensorflow generator (pix2pix), expected {expect}")
         if size is None:
             raise ValueError(f"{path}: a pix2pix-tensorflow checkpoint needs the image size to build the U-net at")
-        model = load_tf1_generator(path, size)
+        model = _remembered(("tf1", size), path, lambda: load_tf1_generator(path, size))
         arch = registry.get("pix2pix")
     if match_layers:
         arch = registry.custom(model, match_layers, kind=kind, input_size=size, decode2=decode2, kernel=kernel,
@@ -115,6 +115,41 @@ def load_network(path, *, image_size=None, kind: str = "segmentation", expect: s
             raise ValueError(f"{path}: the network takes {got[0]}x{got[1]} images, the run uses {size[0]}x{size[1]}; "
                              f"run with --size={got[0]},{got[1]}")
     return model, arch
+
+
+# The last Keras file or pix2pix-tensorflow checkpoint loaded, as loaded (before any match spec): the
+# driver's checks load it before any stage runs, and the train and export stages of the same process
+# get it back without a second load. Keyed by the files' newest modification time, so a network changed
+# on disk is loaded again. (A compnn run directory is rebuilt each time: its BN statistics may be
+# recomputed in place.)
+_LOADED: dict[tuple, keras.Model] = {}
+
+
+def _remembered(key: tuple, path: Path, load) -> keras.Model:
+    key = (*key, str(path.resolve()), _stamp(path))
+    if key not in _LOADED:
+        model = load()
+        _LOADED.clear()
+        _LOADED[key] = model
+    return _LOADED[key]
+
+
+def _stamp(path: Path) -> int:
+    files = [path] if path.is_file() else list(path.rglob("*")) if path.is_dir() else \
+        list(path.parent.glob(path.name + ".*"))
+    return max((f.stat().st_mtime_ns for f in files if f.is_file()), default=0)
+
+
+def fixed_input_size(path) -> tuple[int, int] | None:
+    """The (H, W) the network in a Keras file takes when its input shape fixes it, else None. Loads the
+    file once (kept for a following load_network)."""
+    path = Path(path)
+    model = _remembered(("keras",), path, lambda: _load_keras(path))
+    try:
+        size = tuple(model.inputs[0].shape[1:3])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return None if len(size) != 2 or None in size else (int(size[0]), int(size[1]))
 
 
 def _known(model) -> registry.Architecture | None:
@@ -161,13 +196,11 @@ def reference_variables(model: keras.Model, style: str) -> dict[str, tuple[Any, 
     return out
 
 
-def load_tf1_generator(path, image_size, **options) -> keras.Model:
-    """Our U-net generator (tf_models.pix2pix) built to the shapes of the affinelayer/pix2pix-tensorflow
-    checkpoint at ``path`` (its directory or a prefix) at ``image_size`` (H, W), every reference
-    generator variable copied into the weight of the same role, by name. Depth, ngf, channels and
-    whether the bottleneck has BN come from the checkpoint; ``options`` (bn_inference,
-    dropout_at_inference) default to the reference's test-time behaviour with batch 1, deterministic.
-    ValueError naming every variable that did not map (missing, unexpected or of the wrong shape)."""
+def tf1_generator_info(path) -> dict[str, Any]:
+    """What a pix2pix-tensorflow checkpoint's variable list says about its generator, without building
+    it: prefix, naming style, U-net depth, ngf, input/output channels, and the image size it was made
+    for (``native_size``: 2**depth, the reference's 1x1 bottleneck: 256 for its 8 levels); also the
+    generator ``variables`` {name: shape} and a ``reader``. ValueError if it holds no such generator."""
     path = Path(path)
     prefix = _tf1_prefix(path)
     if prefix is None:
@@ -189,12 +222,26 @@ def load_tf1_generator(path, image_size, **options) -> keras.Model:
     if len(first) != 4 or last is None or len(last) != 4:
         raise ValueError(f"{prefix}: expected 4-D {GENERATOR}encoder_1/{names['conv']} and "
                          f"{GENERATOR}decoder_1/{names['deconv']}, found shapes {first} and {last}")
+    return {"prefix": prefix, "style": style, "depth": depth, "ngf": int(first[3]), "in_channels": int(first[2]),
+            "out_channels": int(last[2]), "native_size": 2 ** depth, "variables": gen, "reader": reader}
+
+
+def load_tf1_generator(path, image_size, **options) -> keras.Model:
+    """Our U-net generator (tf_models.pix2pix) built to the shapes of the affinelayer/pix2pix-tensorflow
+    checkpoint at ``path`` (its directory or a prefix) at ``image_size`` (H, W), every reference
+    generator variable copied into the weight of the same role, by name. Depth, ngf, channels and
+    whether the bottleneck has BN come from the checkpoint; ``options`` (bn_inference,
+    dropout_at_inference) default to the reference's test-time behaviour with batch 1, deterministic.
+    ValueError naming every variable that did not map (missing, unexpected or of the wrong shape)."""
+    info = tf1_generator_info(path)
+    prefix, gen, style, depth, reader = (info[k] for k in ("prefix", "variables", "style", "depth", "reader"))
+    names = STYLES[style]
     h, w = (int(s) for s in image_size)
     if h != w or h % (2 ** depth):
         raise ValueError(f"{prefix}: its U-net has {depth} levels, so the images must be square with a side "
                          f"divisible by {2 ** depth}; got {h}x{w}")
     innermost_norm = f"{GENERATOR}encoder_{depth}/{names['gamma']}" in gen
-    build = dict(image_size=h, in_channels=int(first[2]), out_channels=int(last[2]), ngf=int(first[3]),
+    build = dict(image_size=h, in_channels=info["in_channels"], out_channels=info["out_channels"], ngf=info["ngf"],
                  depth=depth, innermost_norm=innermost_norm, bn_inference="image", dropout_at_inference=False)
     build.update(options)
     model = pix2pix.build_generator(**build)
@@ -210,15 +257,31 @@ def load_tf1_generator(path, image_size, **options) -> keras.Model:
                  (("missing", missing), ("not mapped", unexpected), ("wrong shape", wrong)) if items]
         raise ValueError(f"{prefix} does not map onto a pix2pix U-net (depth {depth}, ngf {build['ngf']}, "
                          f"{style} naming): " + "; ".join(parts))
-    for weight, ref in mapping.values():
-        if ref is not None:
-            weight.assign(reader.get_tensor(ref).astype(np.float32))
+    try:
+        for weight, ref in mapping.values():
+            if ref is not None:
+                weight.assign(reader.get_tensor(ref).astype(np.float32))
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:  # a truncated or damaged .data file
+        raise ValueError(f"cannot read checkpoint {prefix} (truncated or damaged?): "
+                         f"{' '.join(str(e).split())[:300]}") from e
     logging.info("loaded pix2pix-tensorflow generator from %s: depth %d, ngf %d, %d variables (%s naming)",
                  prefix, depth, build["ngf"], len(wanted), style)
     return model
 
 
 def describe(model: keras.Model, arch: registry.Architecture) -> dict[str, Any]:
-    """A small JSON-able summary of a loaded network (for the train stage's record)."""
-    return {"network": model.name, "architecture": arch.name, "input_shape": list(model.inputs[0].shape[1:]),
-            "parameters": int(model.count_params()), "match_spec": arch.match_spec(model)}
+    """A small JSON-able summary of a loaded network, for the train stage's record, config.json and the
+    report: its name, architecture, input size and channels, output channels, parameter count, the
+    layers matched, and for a U-net its depth and ngf (read from the built layers)."""
+    in_shape = list(model.inputs[0].shape[1:])
+    out = {"network": model.name, "architecture": arch.name, "input_size": in_shape[:2],
+           "input_channels": in_shape[-1], "output_channels": model.outputs[0].shape[-1],
+           "output": arch.output, "parameters": int(model.count_params())}
+    if pix2pix.GENERATOR_NAME == model.name:
+        out["depth"] = pix2pix._depth_of(model)
+        out["ngf"] = int(model.get_layer("encoder_1_conv").filters)
+    ms = arch.match_spec(model)
+    out["match_layers"] = {k: ms[k] for k in ("global", "coarse", "fine", "decode2")}
+    if arch.extra.get("based_on"):
+        out["based_on"] = arch.extra["based_on"]
+    return out

@@ -250,6 +250,40 @@ def _consuming_kernel(name: str, consumers, shapes, max_hops: int = 8) -> int | 
     return found.pop() if len(found) == 1 else None
 
 
+def _check_feature_maps(model, names: dict[str, str]) -> None:
+    """Matched layers must be feature maps the network computed: never its input layer, nor a map made
+    from the input by layers without weights (an input-rescaling or normalising step: matching there
+    compares pixels, not features); coarse and fine never its output (the logits or the image)."""
+    producer = {}
+    for layer in model.layers:
+        out = _single_output(layer)
+        if out is not None:
+            producer[id(out)] = layer.name
+    learned: dict[str, bool] = {}
+    for layer in model.layers:  # a functional model lists its layers in topological order
+        if isinstance(layer, keras.layers.InputLayer):
+            learned[layer.name] = False
+            continue
+        try:
+            parents = [producer.get(id(t)) for t in keras.tree.flatten(layer.input)]
+        except (AttributeError, ValueError):
+            parents = []
+        learned[layer.name] = bool(layer.trainable_weights) or any(learned.get(p, False) for p in parents if p)
+    history = getattr(model.outputs[0], "_keras_history", None)
+    output = getattr(getattr(history, "operation", None), "name", None) or model.layers[-1].name
+    for role in MATCH_ROLES:
+        layer = model.get_layer(names[role])
+        if isinstance(layer, keras.layers.InputLayer):
+            raise ValueError(f"the {role} layer {layer.name} is the network's input layer, not a feature map; "
+                             "name a layer the network computes")
+        if not learned.get(layer.name, True):
+            raise ValueError(f"the {role} layer {layer.name} is computed from the input by layers without weights "
+                             "(input scaling or normalisation), not a feature map; name a layer after a conv")
+        if role != "global" and layer.name == output:
+            raise ValueError(f"the {role} layer {layer.name} is the network's output, not a feature map; name a "
+                             "layer before it (e.g. the one the final classifier reads)")
+
+
 def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | None = None,
            kernel: int | None = None, base: Architecture | None = None) -> Architecture:
     """An Architecture for ``model`` built from the layers the user names (``match_layers``:
@@ -259,6 +293,9 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
       ceil-mode pooling does): stride = input size / map size. Kernel = that of the conv or pooling
       layer that consumes the map through spatially neutral layers, 1 where none can be read; for the
       fine layer ``kernel`` overrides it. ``base`` (a compnn architecture) supplies its own kernels.
+    * The named layers must be feature maps (not the input layer, not a map computed from the input
+      without weights such as a Rescaling layer; coarse and fine not the output) with strides ordered
+      global >= coarse >= fine; ValueError in one line otherwise.
     * Match spec: the named layers; decode2 (Table 1's Global-Decode2 row) defaults to fine. Sweep:
       global, coarse, fine; activation pairs: [(coarse, fine)] when fine's stride divides coarse's.
     * Output: a segmentation task takes class ids by argmax over the last axis (ids beyond the task's
@@ -286,6 +323,7 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
     if unknown:
         raise ValueError(f"layer(s) {', '.join(unknown)} not in network {model.name!r}; its layers: "
                          f"{', '.join(layer_names)}")
+    _check_feature_maps(model, names)
 
     in_shape = tuple(model.inputs[0].shape)
     size = _spatial(in_shape)
@@ -335,6 +373,10 @@ def custom(model, match_layers, *, kind: str, input_size=None, decode2: str | No
                          f"that divides the {size[0]}x{size[1]} input (shapes: "
                          f"{', '.join(f'{n} {tuple(outputs[n].shape)}' for n in bad)})")
 
+    strides = {r: geo[names[r]]["stride"] for r in MATCH_ROLES}
+    if not strides["global"] >= strides["coarse"] >= strides["fine"]:
+        raise ValueError("match layers must go from coarse to fine (stride, input pixels per position: global >= "
+                         "coarse >= fine); got " + ", ".join(f"{r} {names[r]} stride {strides[r]}" for r in MATCH_ROLES))
     used = list(dict.fromkeys(wanted.values()))
     ms = dict(wanted, kernel={n: geo[n]["kernel"] for n in used}, stride={n: geo[n]["stride"] for n in used})
     sweep = list(dict.fromkeys(names[r] for r in MATCH_ROLES))

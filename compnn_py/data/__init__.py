@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from . import synthetic
-from .camvid import camvid_has_split, read_camvid
+from .camvid import camvid_has_split, camvid_pairs, read_camvid
 from .cityscapes import PHOTO_SUFFIX, is_official_layout, read_cityscapes
-from .files import has_images, parse_size
+from .files import has_images, list_images, parse_size
 from .labels import colorize, snap_to_palette
 from .palettes import IGNORE
 from .pix2pix import read_pix2pix
@@ -23,7 +23,8 @@ from .tasks import TASKS, Split, TaskSpec, get_task
 
 SPLITS = ("train", "val", "test")
 
-__all__ = ["IGNORE", "SPLITS", "TASKS", "Split", "TaskSpec", "colorize", "get_task", "has_split", "load_split",
+__all__ = ["IGNORE", "SPLITS", "TASKS", "Split", "TaskSpec", "colorize", "count_split", "get_task", "has_split",
+           "load_split",
            "snap_to_palette", "synthetic"]
 
 
@@ -70,3 +71,22 @@ def has_split(task, split: str, data_dir) -> bool:
         folder = root / "leftImg8bit" / split
         return folder.is_dir() and any(folder.glob(f"*/*{PHOTO_SUFFIX}"))
     return has_images(root / split)
+
+
+def count_split(task, split: str, data_dir) -> int:
+    """How many images `load_split` would read from `split` (n=None), by listing files only (nothing is
+    decoded): cheap enough to check counts before any stage runs. data_dir=None: the synthetic set's
+    default count. Raises as load_split does for a missing split."""
+    spec = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data_dir is None:
+        return synthetic.DEFAULT_COUNTS[split]
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir {root} for task {spec.name!r} does not exist")
+    if spec.layout == "camvid":
+        return len(camvid_pairs(root, split))
+    if spec.name == "cityscapes" and is_official_layout(root):
+        return len(list((root / "leftImg8bit" / split).glob(f"*/*{PHOTO_SUFFIX}")))
+    return len(list_images(root / split, f"{spec.name} split {split!r}"))

@@ -37,6 +37,8 @@ def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) 
     tft.finish_training(model, arch, tr.inputs, batch_size=cfg.batch_size, progress=progress)
     tft.save_network(model, d / tft.MODEL_FILE)
     fsio.write_json(d / tft.HISTORY, history)
+    # The task it learned, so that explaining it under another task is refused (experiments.checks).
+    fsio.write_json(d / tft.CONFIG, dict(tft.load_config(d), task=cfg.task))
 
 
 def network_options(cfg) -> dict:
