@@ -18,23 +18,10 @@ from compnn_py.data.synthetic import write_dataset  # noqa: E402
 from experiments import checks  # noqa: E402
 from experiments.errors import UserError  # noqa: E402
 from experiments.tasks import run_config  # noqa: E402
+from test_own_model import build_network  # noqa: E402  (32x32 RGB in, 11 class scores out, a Rescaling first)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = "global:bottleneck,coarse:dec2,fine:dec1"
-
-
-def build_network(classes=11, size=32):
-    """An untrained encoder-decoder taking fixed 32x32 RGB: a rescaling step, then convs."""
-    x = inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255.0, name="scale")(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="enc1")(x)
-    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu", name="bottleneck")(x)
-    x = keras.layers.UpSampling2D(name="up2")(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="dec2")(x)
-    x = keras.layers.UpSampling2D(name="up1")(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="dec1")(x)
-    x = keras.layers.Conv2D(classes, 1, name="logits")(x)
-    return keras.Model(inp, x, name="my_segmenter")
 
 
 @pytest.fixture(scope="module")

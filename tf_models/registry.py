@@ -205,13 +205,19 @@ def _single_output(layer) -> Any | None:
     return None if isinstance(out, (list, tuple)) else out
 
 
-def _consumers(model) -> dict[str, list]:
-    """layer name -> the layers of ``model`` that take its output as an input."""
+def _producers(model) -> dict[int, str]:
+    """id of a layer's (single) output tensor -> that layer's name."""
     producers = {}
     for layer in model.layers:
         out = _single_output(layer)
         if out is not None:
             producers[id(out)] = layer.name
+    return producers
+
+
+def _consumers(model) -> dict[str, list]:
+    """layer name -> the layers of ``model`` that take its output as an input."""
+    producers = _producers(model)
     consumers: dict[str, list] = {}
     for layer in model.layers:
         try:
@@ -254,11 +260,7 @@ def _check_feature_maps(model, names: dict[str, str]) -> None:
     """Matched layers must be feature maps the network computed: never its input layer, nor a map made
     from the input by layers without weights (an input-rescaling or normalising step: matching there
     compares pixels, not features); coarse and fine never its output (the logits or the image)."""
-    producer = {}
-    for layer in model.layers:
-        out = _single_output(layer)
-        if out is not None:
-            producer[id(out)] = layer.name
+    producer = _producers(model)
     learned: dict[str, bool] = {}
     for layer in model.layers:  # a functional model lists its layers in topological order
         if isinstance(layer, keras.layers.InputLayer):
