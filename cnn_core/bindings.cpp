@@ -96,6 +96,25 @@ auto without_gil(F&& fn) {
   }
 }
 
+// A C++ progress callback calling the Python callable `fn(done, total)` (None: no callback). It runs on
+// the thread that started the search, GIL re-taken; an exception it raises stops the search and
+// propagates (through Cancelled, which without_gil turns back into the pending Python error).
+cnn_core::Progress progress_arg(const py::object& fn) {
+  if (fn.is_none()) return {};
+  if (!PyCallable_Check(fn.ptr()))
+    throw py::type_error("progress: expected a callable or None, got " +
+                         py::str(py::type::of(fn).attr("__name__")).cast<std::string>());
+  return [fn](int64_t done, int64_t total) {
+    py::gil_scoped_acquire gil;
+    try {
+      fn(done, total);
+    } catch (py::error_already_set& e) {
+      e.restore();
+      throw cnn_core::Cancelled();
+    }
+  };
+}
+
 // A numpy array that takes over the vector's buffer (no copy of the results).
 template <class T>
 py::array_t<T> take(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
@@ -221,23 +240,27 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "patches",
       [](const py::object& q, const py::object& d, const py::object& rows, const py::object& kernel,
-         const py::object& k, const py::object& threads, bool flat) {
+         const py::object& k, const py::object& threads, bool flat, const py::object& progress) {
         const Tensor qt = view(q, "query"), dt = view(d, "database");
         const auto r = rows_arg(rows);
         const int64_t K = int_arg(kernel, "kernel"), kk = int_arg(k, "k"), t = int_arg(threads, "threads");
+        const cnn_core::Progress pr = progress_arg(progress);
         return matches_tuple(without_gil([&](const cnn_core::Cancel& c) {
+          cnn_core::ProgressScope scope(pr);
           return flat ? cnn_core::patch_topk_flat(qt, dt, r, K, kk, t, c) : cnn_core::patch_topk(qt, dt, r, K, kk, t, c);
         }));
       },
       py::arg("query"), py::arg("database"), py::arg("rows"), py::arg("kernel"), py::arg("k"), py::arg("threads"),
-      py::arg("flat") = false, "(image, y, x, similarity) arrays (H, W, k) of a patch search");
+      py::arg("flat") = false, py::arg("progress") = py::none(),
+      "(image, y, x, similarity) arrays (H, W, k) of a patch search; progress(done, total) between work units");
 
   m.def(
       "hierarchical",
       [](const py::object& qf, const py::object& dbf, const py::object& qc, const py::object& dbc,
          const py::object& qg, const py::object& dbg, const py::object& rows, const py::object& kernel_fine,
          const py::object& kernel_coarse, const py::object& shortlist, const py::object& coarse_k,
-         const py::object& margin, const py::object& k, const py::object& threads) {
+         const py::object& margin, const py::object& k, const py::object& threads, const std::string& prune,
+         const py::object& progress) {
         const Tensor a = view(qf, "query_fine"), b = view(dbf, "db_fine"), c = view(qc, "query_coarse"),
                      d = view(dbc, "db_coarse"), e = view(qg, "query_global"), f = view(dbg, "db_global");
         const auto r = rows_arg(rows);
@@ -249,13 +272,31 @@ PYBIND11_MODULE(_core, m) {
         p.margin = int_arg(margin, "margin");
         p.k = int_arg(k, "k");
         p.threads = int_arg(threads, "threads");
-        return matches_tuple(without_gil(
-            [&](const cnn_core::Cancel& cancel) { return cnn_core::hierarchical(a, b, c, d, e, f, r, p, cancel); }));
+        if (prune != "bounds" && prune != "coarse")
+          throw py::value_error("prune: expected 'bounds' or 'coarse', got '" + prune + "'");
+        p.prune = prune == "bounds" ? cnn_core::Prune::Bounds : cnn_core::Prune::Coarse;
+        const cnn_core::Progress pr = progress_arg(progress);
+        cnn_core::BoundStats st;
+        py::tuple m = matches_tuple(without_gil([&](const cnn_core::Cancel& cancel) {
+          cnn_core::ProgressScope scope(pr);
+          return cnn_core::hierarchical(a, b, c, d, e, f, r, p, cancel, &st);
+        }));
+        py::dict stats;
+        if (p.prune == cnn_core::Prune::Bounds) {
+          stats["pairs"] = st.pairs;
+          stats["pairs_scored"] = st.pairs_scored;
+          stats["pilot_fraction"] = st.pilot_fraction;
+          stats["used_bounds"] = st.used_bounds;
+        }
+        return py::make_tuple(m[0], m[1], m[2], m[3], stats);
       },
       py::arg("query_fine"), py::arg("db_fine"), py::arg("query_coarse"), py::arg("db_coarse"),
       py::arg("query_global"), py::arg("db_global"), py::arg("rows"), py::arg("kernel_fine"),
       py::arg("kernel_coarse"), py::arg("shortlist"), py::arg("coarse_k"), py::arg("margin"), py::arg("k"),
-      py::arg("threads"), "(image, y, x, similarity) arrays (H, W, k) of the pruned search; coarse_k None: no coarse stage");
+      py::arg("threads"), py::arg("prune") = "coarse", py::arg("progress") = py::none(),
+      "(image, y, x, similarity, stats) of the pruned search (arrays (H, W, k)); prune 'bounds': exact within the "
+      "shortlist, pruned by certified bounds (stats: pairs, pairs_scored, pilot_fraction, used_bounds); 'coarse': "
+      "the paper's prune (coarse_k None: no coarse stage)");
 
   m.def("max_threads", &cnn_core::max_threads, "Most worker threads a search uses: min(4 x hardware threads, 256)");
   m.def("set_blas_library", &cnn_core::set_blas_library, py::arg("path"),

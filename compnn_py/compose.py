@@ -194,16 +194,51 @@ def _matcher():
 
 # ---- analyses --------------------------------------------------------------------------------------
 
+class SearchProgress:
+    """A `progress(done, total)` callback for one long search (compnn_py.match): shows the work units of
+    the search's current stage with compnn_py.progress, but only once the search has run `after`
+    seconds, so short searches print nothing. Call `close()` when the search returns."""
+
+    def __init__(self, desc: str, *, after: float = 10.0, clock=None):
+        import time
+
+        self.desc, self.after, self._clock = desc, after, clock or time.monotonic
+        self._start = self._clock()
+        self._bar, self._total, self._stage = None, None, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        from compnn_py.progress import progress
+
+        if total != self._total or (self._bar is not None and done < self._bar.n):
+            self.close()
+            self._total, self._stage = total, self._stage + 1
+        if self._bar is None:
+            if self._clock() - self._start < self.after:
+                return
+            self._bar = progress(total=total, desc=f"{self.desc} (stage {self._stage})", unit="block", leave=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=None, k: int = 1,
                 threads: int | None = None, coarse_layer: str | None = None, global_layer: str | None = None,
-                shortlist: int = 10, coarse_k: int = 8, margin: int = 1):
+                shortlist: int = 10, coarse_k: int = 8, margin: int = 1, prune: str = "bounds",
+                progress: str | None = None, stats: dict | None = None):
     """Native-resolution patch matches of query image i at `layer` against `db` (kernel from layer_meta).
 
-    method "exact" searches every position of every (allowed) database image; "hierarchical" shortlists
-    `shortlist` images by `global_layer`, then `coarse_k` positions per position of `coarse_layer`, then
-    searches only under those at `layer` (DESIGN.md "Hierarchical prune"); "shortlist" takes the same
-    global shortlist and searches every position of those images exactly (the prune's reference: equal to
-    "hierarchical" with coarse_k=None; `coarse_layer` is not used).
+    method "exact" searches every position of every (allowed) database image; "shortlist" takes the
+    `shortlist` images closest by `global_layer` and searches every position of those exactly;
+    "hierarchical" takes the same shortlist and, with prune="bounds" (default), gives exactly the
+    "shortlist" result while skipping cells of positions that certified bounds rule out
+    (compnn_py.match.hierarchical; `coarse_layer` is still checked but not searched); prune="coarse" is
+    the paper's prune: `coarse_k` positions per position of `coarse_layer`, then only under those at
+    `layer` (DESIGN.md "Hierarchical prune"), which may miss the best match. `progress`: a description;
+    a search still running after 10 s then shows its work units (SearchProgress). `stats`: a dict that
+    receives the bound prune's counts (match.hierarchical).
     """
     if method not in ("exact", "shortlist", "hierarchical"):
         raise ValueError(f"method must be 'exact', 'shortlist' or 'hierarchical', got {method!r}")
@@ -216,21 +251,29 @@ def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=No
     kernel, _ = _layer_info(db, layer)
     rows = resolve_rows(db, rows)
     q = np.asarray(query.layer(layer)[i])
-    if method == "exact":
-        return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=rows, threads=threads)
-    if method == "shortlist":
-        _check_layer_pair(db, query, global_layer)
-        best, _ = _matcher().global_shortlist(np.asarray(query.layer(global_layer)[i]), db.layer(global_layer),
-                                              shortlist, rows=rows, threads=threads)
-        return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=np.sort(best), threads=threads)
-    for name in (coarse_layer, global_layer):
-        _check_layer_pair(db, query, name)
-    kc, _ = _layer_info(db, coarse_layer)
-    return _matcher().hierarchical(
-        q, db.layer(layer), kernel_fine=kernel, query_coarse=np.asarray(query.layer(coarse_layer)[i]),
-        db_coarse=db.layer(coarse_layer), kernel_coarse=kc, query_global=np.asarray(query.layer(global_layer)[i]),
-        db_global=db.layer(global_layer), shortlist=shortlist, coarse_k=coarse_k, margin=margin, k=k, rows=rows,
-        threads=threads)
+    bar = SearchProgress(progress) if progress else None
+    extra = {"progress": bar} if bar is not None else {}
+    try:
+        if method == "exact":
+            return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=rows, threads=threads, **extra)
+        if method == "shortlist":
+            _check_layer_pair(db, query, global_layer)
+            best, _ = _matcher().global_shortlist(np.asarray(query.layer(global_layer)[i]), db.layer(global_layer),
+                                                  shortlist, rows=rows, threads=threads)
+            return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=np.sort(best), threads=threads,
+                                      **extra)
+        for name in (coarse_layer, global_layer):
+            _check_layer_pair(db, query, name)
+        kc, _ = _layer_info(db, coarse_layer)
+        return _matcher().hierarchical(
+            q, db.layer(layer), kernel_fine=kernel, query_coarse=np.asarray(query.layer(coarse_layer)[i]),
+            db_coarse=db.layer(coarse_layer), kernel_coarse=kc,
+            query_global=np.asarray(query.layer(global_layer)[i]), db_global=db.layer(global_layer),
+            shortlist=shortlist, coarse_k=coarse_k, margin=margin, k=k, rows=rows, threads=threads, prune=prune,
+            stats=stats, **extra)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def compnn(db, query, i: int, *, layer: str, target: str = "cnn_outputs", method: str = "exact", rows=None,

@@ -5,12 +5,19 @@ Owns the public matching API of the project:
 * ``exact``            top-k cosine neighbours of descriptor rows (flat, blocked GEMM) -> ``Neighbours``;
 * ``patches``          top-k over K×K patch descriptors of feature maps (shift-sum, exact) -> ``Matches``;
 * ``global_shortlist`` the S database images closest by a global (bottleneck) descriptor -> ``Shortlist``;
-* ``hierarchical``     global shortlist -> coarse patch candidates -> fine search under them -> ``Matches``.
+* ``hierarchical``     global shortlist -> exact search within it, pruned by certified bounds (or the
+                       paper's coarse-to-fine prune) -> ``Matches``.
 
-Search conventions: similarity is cosine computed in float32, and a zero-norm vector (common after
-ReLU) has similarity 0 to everything, so a zero query matches the lowest database index. Results do
-not depend on the scale of the inputs (any finite float32 values: rows or maps far from 1 are rescaled
-by a power of two before the dot products). Ties go to the lowest (row, y, x); results are identical
+Search conventions: similarity is cosine, and every search reports the same canonical value for a
+pair: float32 GEMMs only filter candidates (with a certified error margin), and the candidates that
+may enter the top k are rescored with sums in double of the original values, rounded once to float32.
+So exact search, the flattened reference and the bound-pruned search agree bit for bit, ties
+included. A zero-norm vector (common after ReLU) has similarity 0 to everything, so a zero query
+matches the lowest database index. Results do not depend on the scale of the inputs (any finite
+float32 values: rows or maps far from 1 are rescaled by a power of two before the dot products).
+``progress`` (where offered): a callable ``progress(done, total)`` called about every 0.1 s from the
+calling thread with the work units of the running stage (and once at its end); what it raises stops
+the search. Ties go to the lowest (row, y, x); results are identical
 for any ``threads``. ``threads=None`` means every CPU this process may run on; counts above
 ``max_threads()`` = min(4 x hardware threads, 256) run as that many. The GIL is released while C++
 works; Ctrl-C interrupts a search (KeyboardInterrupt) within about a tenth of a second plus one work
@@ -47,7 +54,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -252,7 +260,7 @@ def exact(queries: ArrayLike, database: ArrayLike, *, k: int = 1, threads: int |
 
 
 def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, rows: ArrayLike | None = None,
-            threads: int | None = None) -> Matches:
+            threads: int | None = None, progress: Callable[[int, int], object] | None = None) -> Matches:
     """Exact top-k nearest K×K patches: for every position of a query feature map, the database
     positions whose surrounding K×K patch is closest in cosine (paper sec. 3, "Patch nearest-neighbors").
 
@@ -273,6 +281,7 @@ def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, r
       rows: optional 1-D integer array-like of the database rows (store rows) to search, distinct
         and in range; results still name store rows. None searches all N.
       threads: worker threads; None = every CPU this process may use. Results do not depend on it.
+      progress: optional ``progress(done, total)`` callable (module docstring).
 
     Returns:
       ``Matches`` with ``image``, ``y``, ``x``, ``similarity``, each (H, W, k), best first.
@@ -298,7 +307,7 @@ def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, r
     """
     q = _float_array(query, "query")
     d = _float_array(database, "database")
-    return _matches(_core.patches(q, d, rows, kernel, k, _threads(threads)))
+    return _matches(_core.patches(q, d, rows, kernel, k, _threads(threads), False, progress))
 
 
 def global_shortlist(query: ArrayLike, database: ArrayLike, S: int, *, rows: ArrayLike | None = None,
@@ -332,24 +341,37 @@ def global_shortlist(query: ArrayLike, database: ArrayLike, S: int, *, rows: Arr
 def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int, query_coarse: ArrayLike,
                  db_coarse: ArrayLike, kernel_coarse: int, query_global: ArrayLike, db_global: ArrayLike,
                  shortlist: int = 10, coarse_k: int | None = 8, margin: int = 1, k: int = 1,
-                 rows: ArrayLike | None = None, threads: int | None = None) -> Matches:
-    """The paper's pruned search (sec. 3 "Patch nearest-neighbors"), result on the fine grid.
+                 rows: ArrayLike | None = None, threads: int | None = None, prune: str = "bounds",
+                 progress: Callable[[int, int], object] | None = None,
+                 stats: dict[str, Any] | None = None) -> Matches:
+    """The paper's hierarchical search (sec. 3 "Patch nearest-neighbors"), result on the fine grid.
 
     1. shortlist the ``shortlist`` images closest by global descriptor (``query_global``/``db_global``);
-    2. find the top ``coarse_k`` coarse positions among them for each coarse query position
-       (``kernel_coarse`` patches; ``coarse_k=None`` keeps every position, making the prune a no-op);
-    3. search fine patches only inside the fine regions under those candidates, widened by ``margin``
-       fine positions: fine (y, x) belongs to coarse cell (y*Hc//H, x*Wc//W), and a coarse database
-       cell covers the fine positions that map into it the same way.
-    ``shortlist = N`` with ``coarse_k=None`` (or every coarse position) reproduces ``patches``.
+    2. search the fine patches of those images:
+
+       * ``prune="bounds"`` (default): exactly, the result equal to ``patches(..., rows=<shortlist>)``
+         bit for bit, but pruned by certified bounds: database positions are grouped into small cells
+         with a centroid and an angular radius, and a cell is skipped for a block of query positions
+         once the cosine bound of every query to it lies below the k-th best already found. A few pilot
+         blocks measure the prune first; where it would not pay (more than a fifth of the pairs scored) the
+         search is plain exact search. The coarse maps, ``coarse_k`` and ``margin`` are not used.
+       * ``prune="coarse"``: the paper's prune, which may miss the best match: the top ``coarse_k``
+         coarse positions for each coarse query position (``kernel_coarse`` patches; ``coarse_k=None``
+         keeps every position, making the prune a no-op), then fine patches only inside the fine regions
+         under those candidates, widened by ``margin`` fine positions: fine (y, x) belongs to coarse cell
+         (y*Hc//H, x*Wc//W), and a coarse database cell covers the fine positions that map into it the
+         same way. ``shortlist = N`` with ``coarse_k=None`` reproduces ``patches``.
 
     Arrays: ``query_fine`` (H, W, C) / ``db_fine`` (N, H', W', C), ``query_coarse`` (Hc, Wc, C') /
     ``db_coarse`` (N, Hc', Wc', C'), ``query_global`` (any shape) / ``db_global`` (N, ...); each is
     converted as in ``patches`` (float32/float16 C-contiguous in place, anything else copied).
-    ``rows``, ``k``, ``threads`` as in ``patches``.
+    ``rows``, ``k``, ``threads``, ``progress`` as in ``patches``. ``stats``: a dict that, with
+    ``prune="bounds"``, receives ``pairs`` (query x database positions), ``pairs_scored`` (those
+    compared exactly), ``pilot_fraction`` and ``used_bounds`` (False: plain exact search ran: the pilot blocks scored more than a fifth of their pairs).
 
     Returns:
-      ``Matches`` (H, W, k) on the fine grid; positions left with fewer than k candidates hold -1/-inf.
+      ``Matches`` (H, W, k) on the fine grid; with ``prune="coarse"``, positions left with fewer than k
+      candidates hold -1/-inf.
 
     >>> import numpy as np
     >>> from compnn_py import match
@@ -357,16 +379,24 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
     >>> fine = rng.random((6, 8, 8, 3), dtype=np.float32)           # query + 5 database images
     >>> coarse = fine.reshape(6, 4, 2, 4, 2, 3).mean(axis=(2, 4))   # 2x2 average pooling
     >>> glob = coarse.mean(axis=(1, 2))
-    >>> m = match.hierarchical(fine[0], fine[1:], kernel_fine=3, query_coarse=coarse[0], db_coarse=coarse[1:],
-    ...                        kernel_coarse=1, query_global=glob[0], db_global=glob[1:], shortlist=2, coarse_k=3)
-    >>> m.image.shape, bool(np.isin(m.image, match.global_shortlist(glob[0], glob[1:], 2).rows).all())
-    ((8, 8, 1), True)
+    >>> kw = dict(kernel_fine=3, query_coarse=coarse[0], db_coarse=coarse[1:], kernel_coarse=1,
+    ...           query_global=glob[0], db_global=glob[1:], shortlist=2)
+    >>> m = match.hierarchical(fine[0], fine[1:], **kw)
+    >>> short = match.global_shortlist(glob[0], glob[1:], 2).rows
+    >>> ref = match.patches(fine[0], fine[1:], kernel=3, rows=short)
+    >>> bool((m.image == ref.image).all() and (m.similarity == ref.similarity).all())
+    True
+    >>> match.hierarchical(fine[0], fine[1:], prune="coarse", coarse_k=3, **kw).image.shape
+    (8, 8, 1)
     """
     arrays = [_float_array(a, n) for a, n in ((query_fine, "query_fine"), (db_fine, "db_fine"),
                                               (query_coarse, "query_coarse"), (db_coarse, "db_coarse"),
                                               (query_global, "query_global"), (db_global, "db_global"))]
-    return _matches(_core.hierarchical(*arrays, rows, kernel_fine, kernel_coarse, shortlist, coarse_k, margin, k,
-                                       _threads(threads)))
+    *res, st = _core.hierarchical(*arrays, rows, kernel_fine, kernel_coarse, shortlist, coarse_k, margin, k,
+                                  _threads(threads), prune, progress)
+    if stats is not None:
+        stats.update(st)
+    return _matches(res)
 
 
 # ---- prepared index (appended for the provenance explorer, experiments/explore.py) ------------------

@@ -88,7 +88,10 @@ flags.DEFINE_integer("steps", None, "Override the preset's training length in st
 flags.DEFINE_integer("epochs", None, "Override the preset's training length in epochs.")
 flags.DEFINE_list("size", None, "Override the preset's image size: H,W (Pix2Pix needs H = W, a power of 2).")
 flags.DEFINE_integer("n_train", None, "Use only the first N training images (synthetic sets: generate N).")
-flags.DEFINE_integer("n_query", None, "Explain only the first N query images.")
+flags.DEFINE_integer("n_query", None, "Explain only N query images (which: --query_sample).")
+flags.DEFINE_enum("query_sample", "spread", ["spread", "first", "random"], "Which --n_query images of the query "
+                  "split: spread evenly over it (default; video frames are not N copies of one scene), the "
+                  "first N, or N drawn with --seed.")
 flags.DEFINE_integer("seed", None, "Seed for data generation, training and sampling.")
 
 
@@ -159,7 +162,8 @@ def settings() -> dict[str, Any]:
     try:
         cfg = run_config(FLAGS.task, FLAGS.preset, real_data=data_dir is not None, family=family, model=FLAGS.model,
                          steps=FLAGS.steps, epochs=FLAGS.epochs, size=size, n_train=FLAGS.n_train,
-                         n_query=FLAGS.n_query, seed=FLAGS.seed, shortlist=FLAGS.shortlist,
+                         n_query=FLAGS.n_query, query_sample=FLAGS.query_sample, seed=FLAGS.seed,
+                         shortlist=FLAGS.shortlist,
                          coarse_k=FLAGS.coarse_k, margin=FLAGS.margin, export_layers=FLAGS.export_layers,
                          match_layers=FLAGS.match_layers, decode2=FLAGS.decode2, kernel=FLAGS.kernel)
     except ValueError as e:
@@ -189,7 +193,8 @@ def stage_configs(cfg, *, data_dir, query_split, checkpoint, match_method, exact
     training continues the same train stage; it is part of the export's key instead)."""
     keys: dict[str, dict[str, Any]] = {}
     keys["data"] = {"task": cfg.task, "data_dir": str(data_dir) if data_dir else None, "query_split": query_split,
-                    "size": list(cfg.size), "n_train": cfg.n_train, "n_query": cfg.n_query, "seed": cfg.seed}
+                    "size": list(cfg.size), "n_train": cfg.n_train, "n_query": cfg.n_query, "seed": cfg.seed,
+                    "query_sample": cfg.query_sample}
     data = config_hash(keys["data"])
     if checkpoint is not None:
         keys["train"] = {"checkpoint": str(checkpoint), "stamp": checkpoint_stamp, "model": cfg.model}

@@ -21,6 +21,7 @@ class RunConfig:
     size: tuple[int, int]           # (H, W) every image is resized to
     n_train: int | None             # images of the training split (None: all; synthetic sets need a count)
     n_query: int | None             # images of the query split explained
+    query_sample: str = "spread"    # which n_query images: "spread" evenly over the split, "first", "random"
     steps: int | None = None        # training length: steps, or epochs when steps is None
     epochs: int | None = None
     batch_size: int = 1

@@ -133,8 +133,9 @@ def test_agreements_against_naive(export, tmp_path, monkeypatch, fast):
     _check(m["hierarchical_vs_exact"]["within_shortlist"], _fractions(within))
     _check(m["hierarchical_vs_exact"]["over_all"], _fractions(over))
     _check(m["shortlist_vs_exact"]["over_all"], _fractions(short_over))
-    # The tiny case is not degenerate: the prune loses matches the unpruned search finds.
-    assert m["hierarchical_vs_exact"]["within_shortlist"]["same_match"] < 1
+    # The certified prune keeps exact-within-shortlist's answers, and metrics.json says what it did.
+    assert m["hierarchical_vs_exact"]["within_shortlist"]["same_match"] == 1
+    assert m["bound_prune"]["rule"] and 0 < m["bound_prune"]["pairs_scored_fraction"] <= 1
     assert m["exact_reference"]["over_all"]["n_queries"] == n_exact
     assert set(m["seconds_per_image"]) == {"exact", "shortlist", "hierarchical"}
     # Table 1 and the sources come from the chosen matcher, as the naive computation has them.

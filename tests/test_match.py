@@ -172,7 +172,8 @@ def test_hierarchical_without_pruning_reproduces_exact(rng):
     n, hc, wc = p["db_coarse"].shape[:3]
     exact = match.patches(p["query_fine"], p["db_fine"], kernel=4, k=2)
     for ck in (None, n * hc * wc):  # None skips the coarse stage; all positions runs the pruned path
-        res = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=n, coarse_k=ck, margin=0, k=2, **p)
+        res = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=n, coarse_k=ck, margin=0, k=2,
+                                 prune="coarse", **p)
         np.testing.assert_allclose(res.similarity, exact.similarity, atol=1e-5)
         same = (res.image == exact.image) & (res.y == exact.y) & (res.x == exact.x)
         assert same[..., 0].mean() > 0.99
@@ -181,7 +182,7 @@ def test_hierarchical_without_pruning_reproduces_exact(rng):
 def test_hierarchical_pruned_is_a_restriction_of_exact(rng):
     p = pyramid(rng, n=8)
     exact = match.patches(p["query_fine"], p["db_fine"], kernel=4)
-    res = match.hierarchical(kernel_fine=4, kernel_coarse=1, shortlist=3, coarse_k=2, margin=1, **p)
+    res = match.hierarchical(kernel_fine=4, kernel_coarse=1, shortlist=3, coarse_k=2, margin=1, prune="coarse", **p)
     assert (res.similarity[..., 0] <= exact.similarity[..., 0] + 1e-5).all()
     rows, _ = match.global_shortlist(p["query_global"], p["db_global"], 3)
     assert np.isin(res.image, rows).all()
@@ -219,11 +220,13 @@ def test_hierarchical_finds_a_copy_of_the_query(rng):
 
 def test_hierarchical_identical_for_any_thread_count(rng):
     p = pyramid(rng, n=6, h=24, w=20)
-    base = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=4, coarse_k=3, k=2, threads=1, **p)
-    for t in (2, 4):
-        out = match.hierarchical(kernel_fine=4, kernel_coarse=2, shortlist=4, coarse_k=3, k=2, threads=t, **p)
-        for f in ("image", "y", "x", "similarity"):
-            np.testing.assert_array_equal(getattr(out, f), getattr(base, f))
+    for prune in ("coarse", "bounds"):
+        kw = dict(kernel_fine=4, kernel_coarse=2, shortlist=4, coarse_k=3, k=2, prune=prune, **p)
+        base = match.hierarchical(threads=1, **kw)
+        for t in (2, 4):
+            out = match.hierarchical(threads=t, **kw)
+            for f in ("image", "y", "x", "similarity"):
+                np.testing.assert_array_equal(getattr(out, f), getattr(base, f))
 
 
 # ---- argument checks: each names the argument -------------------------------------------------------

@@ -100,10 +100,66 @@ constexpr int64_t kDbBlock = 2048;
 constexpr int64_t kDbChunk = 8 * kDbBlock;
 }  // namespace
 
+ProgressScope::ProgressScope(Progress progress) : progress_(std::move(progress)), previous_(detail::progress_sink()) {
+  detail::progress_sink() = &progress_;
+}
+ProgressScope::~ProgressScope() { detail::progress_sink() = previous_; }
+
 namespace detail {
 
+const Progress*& progress_sink() {
+  thread_local const Progress* sink = nullptr;
+  return sink;
+}
+
+// Kept out of line (and free of -ffast-math), so every caller gets the same sums in the same order.
+__attribute__((noinline)) CanonicalParts canonical_rows(const float* a, const float* b, int64_t n, int64_t group) {
+  CanonicalParts p;
+  if (group <= 0) group = n;
+  for (int64_t g0 = 0; g0 < n; g0 += group) {
+    double dot = 0, sa = 0, sb = 0;
+    for (int64_t i = g0; i < std::min(n, g0 + group); ++i) {
+      const double x = a[i], y = b[i];
+      dot += x * y;
+      sa += x * x;
+      sb += y * y;
+    }
+    p.dot += dot;
+    p.sq_a += sa;
+    p.sq_b += sb;
+  }
+  return p;
+}
+
+__attribute__((noinline)) float canonical_cosine(const CanonicalParts& p) {
+  if (p.sq_a == 0 || p.sq_b == 0) return 0.f;
+  return static_cast<float>(p.dot / (std::sqrt(p.sq_a) * std::sqrt(p.sq_b)));
+}
+
+float canonical_patch_cosine(const Tensor& query, int64_t qoff, int64_t qh, int64_t qw, int64_t qy, int64_t qx,
+                             const Tensor& database, int64_t doff, int64_t dh, int64_t dw, int64_t dy, int64_t dx,
+                             int64_t c, int64_t kernel, float* scratch) {
+  const int64_t a = pad_before(kernel);
+  CanonicalParts total;
+  for (int64_t oy = 0; oy < kernel; ++oy)
+    for (int64_t ox = 0; ox < kernel; ++ox) {
+      const int64_t y1 = qy + oy - a, x1 = qx + ox - a, y2 = dy + oy - a, x2 = dx + ox - a;
+      const bool in1 = y1 >= 0 && y1 < qh && x1 >= 0 && x1 < qw, in2 = y2 >= 0 && y2 < dh && x2 >= 0 && x2 < dw;
+      if (!in1 && !in2) continue;
+      float* p1 = scratch;
+      float* p2 = scratch + c;
+      if (in1) load_f32(query, qoff + (y1 * qw + x1) * c, c, p1); else std::fill(p1, p1 + c, 0.f);
+      if (in2) load_f32(database, doff + (y2 * dw + x2) * c, c, p2); else std::fill(p2, p2 + c, 0.f);
+      const CanonicalParts px = canonical_rows(p1, p2, c, c);
+      total.dot += px.dot;
+      total.sq_a += px.sq_a;
+      total.sq_b += px.sq_b;
+    }
+  return canonical_cosine(total);
+}
+
 Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows_in,
-                      int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names) {
+                      int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names, int64_t group) {
   check_tensor(queries, names.query, 2);
   check_tensor(database, names.database, 2);
   const int64_t Q = queries.shape[0], D = queries.shape[1];
@@ -134,7 +190,7 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
       load_f32(database, rows[j] * D, D, row.data());
       require_finite(row.data(), D, names.database);
       dexp[j] = static_cast<int16_t>(normalise(row.data(), D));
-      dinv_all[j] = inv_norm(Eigen::Map<const Eigen::VectorXf>(row.data(), D).cast<double>().squaredNorm());
+      dinv_all[j] = filter_inv_norm(Eigen::Map<const Eigen::VectorXf>(row.data(), D).cast<double>().squaredNorm());
     }
   });
   // float32 rows searched in store order, none of them rescaled, are multiplied in place, without a copy.
@@ -142,6 +198,7 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
   for (int64_t j = 0; contiguous && j < M; ++j) contiguous = rows[j] == rows[0] + j;
   const float* db32 = static_cast<const float*>(database.data);
 
+  const float slack = filter_slack(D, 1);
   std::vector<TopK> best(nw, TopK(Q, k));
   parallel_units(qblocks * dchunks, nw, cancel, [&](int64_t unit, int w) {
     const int64_t qb = unit / dchunks, dc = unit % dchunks;
@@ -149,10 +206,12 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
     RowMat qm(nq, D), dm, sims(nq, kDbBlock);
     load_f32(queries, q0 * D, nq * D, qm.data());
     require_finite(qm.data(), nq * D, names.query);
+    const RowMat qraw = qm;  // the original values, for canonical rescoring
+    std::vector<float> drow(D);
     std::vector<float> qinv(nq);
     for (int64_t i = 0; i < nq; ++i) {
       normalise(qm.row(i).data(), D);
-      qinv[i] = inv_norm(qm.row(i).cast<double>().squaredNorm());
+      qinv[i] = filter_inv_norm(qm.row(i).cast<double>().squaredNorm());
     }
     TopK& top = best[w];
     const int64_t m_end = std::min(M, (dc + 1) * kDbChunk);
@@ -179,8 +238,10 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
         float thr = top.threshold(q);
         for (int64_t j = 0; j < nm; ++j) {
           const float v = row[j] * qi * dinv[j];
-          if (v >= thr) {
-            top.insert(q, v, rows[m0 + j]);
+          if (passes_filter(v, thr, slack)) {
+            load_f32(database, rows[m0 + j] * D, D, drow.data());
+            const float cv = canonical_cosine(canonical_rows(qraw.row(i).data(), drow.data(), D, group));
+            top.insert(q, cv, rows[m0 + j]);
             thr = top.threshold(q);
           }
         }

@@ -34,6 +34,7 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
   patch_inv_norms(qpad.data(), H, W, C, kernel, qinv.data());
 
   TopK top(H * W, k);
+  const float slack = filter_slack(kernel * kernel * C, kernel);
   parallel_units(Hc * Wc, workers_for(threads, Hc * Wc), cancel, [&](int64_t cell, int) {
     const int64_t cy = cell / Wc, cx = cell % Wc;
     std::vector<int64_t> cand;
@@ -97,6 +98,7 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
     gemm_nt(dp.data(), np_, C, qb.data(), bh * bw, C, C, prod.data(), bh * bw);
 
     std::vector<int64_t> win(kernel * kernel);
+    std::vector<float> scratch(2 * C);
     std::vector<float> dots(nqy * nqx);
     for (int64_t j = 0; j < nc; ++j) {
       const int64_t r = cand[j] / plane, y = (cand[j] % plane) / Wf, x = cand[j] % Wf;
@@ -115,7 +117,7 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
           win[dy * kernel + dx] = w;
         }
       if (e == kZero) e = 0;  // an all-zero patch: similarity 0
-      const float dinv = inv_norm(std::ldexp(sq, -2 * e));
+      const float dinv = filter_inv_norm(std::ldexp(sq, -2 * e));
       std::fill(dots.begin(), dots.end(), 0.f);
       for (int64_t dy = 0; dy < kernel; ++dy)
         for (int64_t dx = 0; dx < kernel; ++dx) {
@@ -135,7 +137,10 @@ PatchMatches pruned_fine(const Tensor& query_fine, const Tensor& db_fine, const 
       for (int64_t i = 0; i < nqy; ++i)
         for (int64_t jj = 0; jj < nqx; ++jj) {
           const int64_t q = (qy0 + i) * W + qx0 + jj;
-          top.insert(q, dots[i * nqx + jj] * qinv[q] * dinv, cand[j]);
+          if (!passes_filter(dots[i * nqx + jj] * qinv[q] * dinv, top.threshold(q), slack)) continue;
+          const float cv = canonical_patch_cosine(query_fine, 0, H, W, qy0 + i, qx0 + jj, db_fine, r * plane * C, Hf,
+                                                  Wf, y, x, C, kernel, scratch.data());
+          top.insert(q, cv, cand[j]);
         }
     }
   });
@@ -191,7 +196,8 @@ PatchMatches pruned_fine_topk(const Tensor& query_fine, const Tensor& db_fine, c
 
 PatchMatches hierarchical(const Tensor& query_fine, const Tensor& db_fine, const Tensor& query_coarse,
                           const Tensor& db_coarse, const Tensor& query_global, const Tensor& db_global,
-                          const std::vector<int64_t>& rows_in, const HierarchicalParams& p, const Cancel& cancel) {
+                          const std::vector<int64_t>& rows_in, const HierarchicalParams& p, const Cancel& cancel,
+                          BoundStats* stats) {
   using namespace detail;
   const Names fine_names{"query_fine", "db_fine", "k", "kernel_fine"};
   const Names coarse_names{"query_coarse", "db_coarse", "coarse_k", "kernel_coarse"};
@@ -219,6 +225,9 @@ PatchMatches hierarchical(const Tensor& query_fine, const Tensor& db_fine, const
   check_threads(p.threads);
 
   const Neighbours shortlist = global_topk(query_global, db_global, rows, p.shortlist, p.threads, cancel, global_names);
+  if (p.prune == Prune::Bounds)
+    return detail::bounded_patch_topk(query_fine, db_fine, shortlist.index, p.kernel_fine, p.k, p.threads, cancel,
+                                      fine_names, stats);
   if (p.coarse_k == kNoCoarseStage)
     return detail::patch_topk(query_fine, db_fine, shortlist.index, p.kernel_fine, p.k, p.threads, cancel, fine_names);
   const int64_t all = p.shortlist * crs.h * crs.w;

@@ -181,6 +181,12 @@ struct TopK {
   }
 };
 
+// ---- progress -------------------------------------------------------------------------------------
+
+// Where the polling thread reports (units done, units) of the parallel loop it runs; set for the
+// current thread by cnn_core::ProgressScope.
+const Progress*& progress_sink();
+
 // ---- parallel loop --------------------------------------------------------------------------------
 
 // Test hook: when >= 0, at most this many threads besides the caller start, as if the OS refused the
@@ -211,6 +217,8 @@ void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& bod
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;
+  std::atomic<int64_t> done{0};
+  const Progress* sink = progress_sink();
   auto run = [&](int w, bool poll) {
     try {
       for (int64_t u; (u = next.fetch_add(1)) < units;) {
@@ -218,10 +226,12 @@ void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& bod
           const auto now = std::chrono::steady_clock::now();
           if (now - last_cancel_poll() >= std::chrono::milliseconds(100)) {
             last_cancel_poll() = now;
-            if (cancel()) throw Cancelled();
+            if (cancel && cancel()) throw Cancelled();
+            if (sink && *sink) (*sink)(done.load(), units);
           }
         }
         body(u, w);
+        done.fetch_add(1);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
@@ -239,9 +249,10 @@ void parallel_units(int64_t units, int workers, const Cancel& cancel, Body&& bod
       break;  // the OS is out of threads: go on with those that started
     }
   }
-  run(0, static_cast<bool>(cancel));
+  run(0, static_cast<bool>(cancel) || (sink && *sink));
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
+  if (sink && *sink) (*sink)(units, units);
 }
 
 // ---- data access ----------------------------------------------------------------------------------
@@ -292,8 +303,55 @@ inline int normalise(float* v, int64_t n) {
   return e;
 }
 
-// 1/||v|| from a squared norm; zero (and denormal-small) vectors get 0 so their similarity is 0.
+// 1/||v|| from a squared norm, for the float32 filter (see "Canonical similarities" below): a zero vector
+// gets 0 (its similarity is 0); a nonzero one too small for float32 arithmetic (sq <= 1e-60 after the
+// power-of-two rescaling, i.e. next to values 1e30 times larger in the same scaled block) gets NaN, so
+// every filter value it touches is NaN and goes on to the canonical rescoring (`passes_filter`).
+inline float filter_inv_norm(double sq) {
+  if (sq > 1e-60) return static_cast<float>(1.0 / std::sqrt(sq));
+  return sq == 0 ? 0.f : std::numeric_limits<float>::quiet_NaN();
+}
+
+// 1/||v|| from a squared norm; zero (and denormal-small) vectors get 0 (for callers without a
+// canonical rescoring step).
 inline float inv_norm(double sq) { return sq > 1e-60 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.f; }
+
+// ---- canonical similarities ----------------------------------------------------------------------
+//
+// Every search reports the same, canonical similarity for a (query, database) pair, whatever computed
+// it: the dot product of the original values summed in double, per pixel over channels and then over
+// the K×K offsets in (dy, dx) order (out-of-map pixels skipped: they are zero), divided by the product
+// of the two norms computed the same way; 0 when either vector is all zeros; rounded once to float32.
+// Float32 GEMMs (fast, but their rounding depends on block shapes and the BLAS) only filter: a
+// candidate is rescored canonically unless its float32 value v is certainly below the current k-th best
+// (`passes_filter`), which holds because |v - canonical| <= filter_slack(D, K) for any summation order
+// (the float32 rounding bound of a D-term dot product plus the norms, with a 2x margin). So exact search,
+// the flattened reference and the bound-pruned search give bit-identical top-k lists, ties included.
+
+// Largest |float32 filter value - canonical similarity| for descriptors of `dims` values summed over
+// `kernel`^2 offsets.
+inline float filter_slack(int64_t dims, int64_t kernel) {
+  return static_cast<float>(std::ldexp(2.0 * static_cast<double>(dims + kernel * kernel) + 64.0, -24));
+}
+
+// Whether float32 value v may still beat threshold thr (NaN: unknown, so yes).
+inline bool passes_filter(float v, float thr, float slack) { return !(v + slack < thr); }
+
+// Canonical dot product and squared norms of two rows of `n` values, summed in double per group of
+// `group` consecutive values, groups added in order (a flattened K×K×C patch: group = C).
+struct CanonicalParts {
+  double dot = 0, sq_a = 0, sq_b = 0;
+};
+CanonicalParts canonical_rows(const float* a, const float* b, int64_t n, int64_t group);
+// The similarity from canonical parts.
+float canonical_cosine(const CanonicalParts& p);
+
+// Canonical similarity of the K×K patch at (qy, qx) of query map (qh, qw, c) (element offset qoff of
+// `query`) and the patch at (dy, dx) of database map (dh, dw, c) at element offset doff of `database`.
+// `scratch` holds 2c floats.
+float canonical_patch_cosine(const Tensor& query, int64_t qoff, int64_t qh, int64_t qw, int64_t qy, int64_t qx,
+                             const Tensor& database, int64_t doff, int64_t dh, int64_t dw, int64_t dy, int64_t dx,
+                             int64_t c, int64_t kernel, float* scratch);
 
 // Window offsets of a K-wide 'SAME' kernel: -(K-1)/2 .. K/2.
 inline int64_t pad_before(int64_t kernel) { return (kernel - 1) / 2; }
@@ -315,12 +373,20 @@ struct Names {
   const char* kernel = "kernel";
 };
 
+// `group`: canonical sums per group of that many values (0: the whole row; flattened patches: C).
 Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
-                      int64_t threads, const Cancel& cancel, const Names& names);
+                      int64_t threads, const Cancel& cancel, const Names& names, int64_t group = 0);
 Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
                        int64_t threads, const Cancel& cancel, const Names& names);
 PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
                         int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names);
+
+// Sorts `top` and turns its store indices (row * dh * dw + y * dw + x) into (image, y, x) on an (h, w) grid.
+PatchMatches to_matches(TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw);
+
+PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                                int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names,
+                                BoundStats* stats);
 
 struct MapDims {
   int64_t n, h, w, c;

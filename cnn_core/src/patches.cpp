@@ -41,7 +41,7 @@ void patch_inv_norms(const float* padded, int64_t rows, int64_t cols, int64_t c,
       double s = 0;
       for (int64_t dy = 0; dy < kernel; ++dy)
         for (int64_t dx = 0; dx < kernel; ++dx) s += sq[(y + dy) * pc + x + dx];
-      out[y * cols + x] = inv_norm(s);
+      out[y * cols + x] = filter_inv_norm(s);
     }
 }
 
@@ -69,8 +69,12 @@ constexpr int64_t kTileY = 32, kTileX = 64, kQueryBand = 64;
 // Padded query rows multiplied per GEMM call: amortises packing the tile over several rows.
 constexpr int64_t kRowsPerGemm = 4;
 
+}  // namespace
+
+namespace detail {
+
 // Sorts `top` and turns its store indices (row * dh * dw + y * dw + x) into (image, y, x).
-PatchMatches to_matches(detail::TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw) {
+PatchMatches to_matches(TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw) {
   top.finish();
   PatchMatches m;
   m.h = h;
@@ -83,7 +87,7 @@ PatchMatches to_matches(detail::TopK& top, int64_t h, int64_t w, int64_t dh, int
   m.similarity = top.sim;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t idx = top.idx[i];
-    if (idx == detail::kNoIndex) {
+    if (idx == kNoIndex) {
       m.image[i] = m.y[i] = m.x[i] = -1;
       continue;
     }
@@ -93,10 +97,6 @@ PatchMatches to_matches(detail::TopK& top, int64_t h, int64_t w, int64_t dh, int
   }
   return m;
 }
-
-}  // namespace
-
-namespace detail {
 
 // Patch searches check the same arguments: maps, kernel, rows, k (<= searched positions), threads.
 struct PatchArgs {
@@ -143,6 +143,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
   const int nw = workers_for(threads, units);
   std::vector<TopK> best(nw, TopK(H * W, k));
   const int64_t plane = db.h * db.w;
+  const float slack = filter_slack(K * K * C, K);
 
   parallel_units(units, nw, cancel, [&](int64_t unit, int wk) {
     const int64_t r = rows[unit / per_row];
@@ -158,6 +159,8 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     normalise(tile.data(), Mtp * C);  // one factor per tile: every patch in it scales alike
     std::vector<float> dinv(TYv * TXv);
     patch_inv_norms(tile.data(), TYv, TXv, C, K, dinv.data());
+    const bool tile_nan = std::any_of(dinv.begin(), dinv.end(), [](float v) { return std::isnan(v); });
+    std::vector<float> scratch(2 * C);
 
     // The K×K shift-sum is separable. For each padded query row, `prod` holds its pixel products with
     // every tile pixel; a ring slot keeps their horizontal K-sums (per query column x, padded tile row,
@@ -202,12 +205,14 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
         Eigen::Map<const Eigen::ArrayXf> dv(dinv.data(), TYv * TXv);
         av = av * qi * dv;
         float thr = top.threshold(q);
-        if (av.maxCoeff() < thr) continue;
+        if (!tile_nan && !std::isnan(qi) && av.maxCoeff() + slack < thr) continue;
         for (int64_t ty = 0; ty < TYv; ++ty)
           for (int64_t tx = 0; tx < TXv; ++tx) {
             const float v = acc[ty * TXv + tx];
-            if (v >= thr) {
-              top.insert(q, v, r * plane + (ty0 + ty) * db.w + tx0 + tx);
+            if (passes_filter(v, thr, slack)) {
+              const float cv = canonical_patch_cosine(query, 0, H, W, y, x, database, r * plane * C, db.h, db.w,
+                                                      ty0 + ty, tx0 + tx, C, K, scratch.data());
+              top.insert(q, cv, r * plane + (ty0 + ty) * db.w + tx0 + tx);
               thr = top.threshold(q);
             }
           }
@@ -248,7 +253,7 @@ PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const 
   for (int64_t r : args.rows) {
     const std::vector<float> dd = flatten(database, r * plane * C, db.h, db.w, names.database);
     Tensor qt{qd.data(), DType::F32, {H * W, D}}, dt{dd.data(), DType::F32, {plane, D}};
-    const Neighbours nb = exact_topk(qt, dt, {}, kk, threads, cancel, inner);
+    const Neighbours nb = exact_topk(qt, dt, {}, kk, threads, cancel, inner, C);
     for (int64_t q = 0; q < H * W; ++q)
       for (int64_t j = 0; j < kk; ++j) top.insert(q, nb.similarity[q * kk + j], r * plane + nb.index[q * kk + j]);
   }

@@ -18,10 +18,12 @@ from compnn_py import compose, figures, metrics
 from compnn_py.fsio import write_json
 from compnn_py.progress import Progress
 from compnn_py.store import ActivationStore
-from experiments.steps.compnn import choose_method, match_kwargs
+from experiments.steps.compnn import choose_method, match_kwargs, search_cost
 from experiments.steps.export import open_stores
 
 N_QUERIES = 3                   # query images analysed
+ALL_IMAGES_BUDGET = 2e11        # multiply-adds per search: exact over all training images up to this, else
+                                # exact within the global shortlist (search_scope)
 BIAS_KEYS = ("city", "style", "sequence")   # per-image metadata a database is split by, first usable wins
 IMAGE_CHANGE = 25               # an RGB output pixel "changes" when a channel moves by more than this
 
@@ -59,6 +61,22 @@ def _sweep_layers(db) -> list[str]:
 def _activation_pairs(db) -> list[tuple[str, str]]:
     """The architecture's (source, target) layer pairs for activation prediction that this export holds."""
     return [tuple(p) for p in db.metadata.get("activation_pairs", []) if all(n in db.layer_names for n in p)]
+
+
+def search_scope(db, cfg, layer: str, threads) -> tuple[dict[str, Any], str]:
+    """Matching keywords for an analysis at `layer` (layer sweep, activation prediction) and the rule
+    that chose them: exact search over every training image when that costs at most ALL_IMAGES_BUDGET
+    multiply-adds per query image (compnn.search_cost), else exact search within the S = cfg.shortlist
+    images closest by the global descriptor (at CamVid 360x480, one exact search over 367 images is
+    hours on two cores)."""
+    cost = search_cost(db, layer, len(db))
+    if cost <= ALL_IMAGES_BUDGET or cfg.shortlist >= len(db):
+        return {"method": "exact", "threads": threads}, (
+            f"exact over all {len(db)} training images: {cost:.2g} multiply-adds <= {ALL_IMAGES_BUDGET:.0e}")
+    ms = db.metadata["match_spec"]
+    return {"method": "shortlist", "global_layer": ms["global"], "shortlist": cfg.shortlist, "threads": threads}, (
+        f"exact within the {cfg.shortlist}-image global shortlist: over all {len(db)} images it would cost "
+        f"{cost:.2g} multiply-adds > {ALL_IMAGES_BUDGET:.0e}")
 
 
 def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -157,8 +175,10 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
     # Activation prediction (Fig. 3), for each layer pair of the architecture.
     res["activation_prediction"] = []
     for pair in _activation_pairs(db):
+        scope, why = search_scope(db, cfg, pair[0], threads)
+        res.setdefault("search_rules", {})[f"activation {pair[0]}->{pair[1]}"] = why
         pred = compose.predict_activations(db, query, i, source_layer=pair[0], target_layer=pair[1],
-                                           method="exact", threads=threads)
+                                           progress=f"query {qid} activations {pair[1]}", **scope)
         fig, channels = figures.activation_heatmaps(pred)
         res["activation_prediction"].append({"source": pair[0], "target": pair[1], "channels": channels,
                                              **pred.errors})
@@ -169,21 +189,26 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
              f"copying the matched training positions' {pair[1]} vectors (CompNN), or the whole map of the "
              f"globally nearest training image (global). Rows: the {len(channels)} channels that vary most; "
              f"colours run from each channel's minimum to its maximum in the CNN's map (scale below). "
-             f"Over all channels, relative L2 error: CompNN {e['compositional']['relative_l2']:.3f}, global "
+             f"Search: {why}. Over all channels, relative L2 error: CompNN {e['compositional']['relative_l2']:.3f}, global "
              f"{e['global']['relative_l2']:.3f}; cosine: {e['compositional']['cosine']:.3f} vs "
              f"{e['global']['cosine']:.3f}.", variant=f"_{pair[1]}")
 
     # Layer sweep (Fig. 4), exact search so the number of sources is not capped by a shortlist.
     layers = _sweep_layers(db)
     if layers:
-        steps = compose.layer_sweep(db, query, i, layers=layers, target="cnn_outputs", method="exact",
-                                    threads=threads)
+        scopes = {name: search_scope(db, cfg, name, threads) for name in layers}
+        res.setdefault("search_rules", {}).update({f"layer sweep {n}": why for n, (_, why) in scopes.items()})
+        steps = [compose.layer_sweep(db, query, i, layers=[name], target="cnn_outputs",
+                                     progress=f"query {qid} sweep {name}", **kw)[0]
+                 for name, (kw, _) in scopes.items()]
+        all_exact = all(kw["method"] == "exact" for kw, _ in scopes.values())
         res["layer_sweep"] = {s.layer: s.stats for s in steps}
         save("layer_sweep", figures.sweep_figure(steps, palette=palette),
              f"Layer sweep (Fig. 4) of query {qid}: CompNN matching at each decoder layer, bottleneck first. Top: "
-             f"the output; bottom: pixels coloured by source training image; n = training images used. "
-             f"Exact search over all {len(db)} training images, so n here can exceed the correspondence "
-             f"map's count when that one uses the shortlist.")
+             f"the output; bottom: pixels coloured by source training image; n = training images used. " +
+             (f"Exact search over all {len(db)} training images, so n here can exceed the correspondence "
+              f"map's count when that one uses the shortlist." if all_exact else
+              "Search per layer: " + "; ".join(f"{n}: {why}" for n, (_, why) in scopes.items()) + "."))
     return res
 
 

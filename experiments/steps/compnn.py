@@ -7,6 +7,11 @@ and searches every position of those exactly; "hierarchical" takes the same shor
 under the coarse-to-fine candidates (the paper's prune). With `match_method="both"` Table 1 uses the
 fast matcher chosen by `choose_method`, and exact search is run on a few queries to measure it:
 
+* The hierarchical matcher is exact search within the shortlist pruned by certified bounds
+  (compnn_py.match.hierarchical, prune="bounds"): its answers are "shortlist"'s, so
+  `hierarchical_vs_exact.within_shortlist` is 1 by construction; pilot blocks per image choose plain
+  exact search where the bounds would not prune (metrics.json `bound_prune`: the rule, images that used
+  the bounds, the fraction of query x database pairs compared exactly).
 * Which fast matcher: "shortlist" when exact search within the shortlist costs at most
   SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
   a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e13).
@@ -43,6 +48,7 @@ from experiments.errors import UserError
 from experiments.steps.export import open_stores
 
 METHODS = ("exact", "shortlist", "hierarchical")
+PRUNE = "bounds"             # the hierarchical matcher: exact within the shortlist, pruned by certified bounds
 SHORTLIST_BUDGET = 1e11      # multiply-adds per query for exact search within the shortlist to be the default
 EXACT_ALL_BUDGET = 2e12      # reference searches run on every query when all together cost at most this
 EXACT_QUERY_CAP = 2e13       # ... else on the first DEFAULT_EXACT_QUERIES when one query costs at most this
@@ -54,7 +60,7 @@ def match_kwargs(cfg, ms: dict[str, Any], method: str, threads) -> dict[str, Any
     if method in ("shortlist", "hierarchical"):
         kw.update(global_layer=ms["global"], shortlist=cfg.shortlist)
     if method == "hierarchical":
-        kw.update(coarse_layer=ms["coarse"], coarse_k=cfg.coarse_k, margin=cfg.margin)
+        kw.update(coarse_layer=ms["coarse"], coarse_k=cfg.coarse_k, margin=cfg.margin, prune=PRUNE)
     return kw
 
 
@@ -148,17 +154,22 @@ def _query(db, query, q: int, job: dict[str, Any]) -> dict[str, Any]:
     """One query's work: its matchers, Table 1 row predictions, sources, timings and agreement counts."""
     ms, cfg = job["match_spec"], job["cfg"]
     comps, seconds = {}, {}
+    bounds: dict[str, Any] = {}
     for m in job["methods"]:
         t = time.perf_counter()
+        kw = match_kwargs(cfg, ms, m, job["threads"])
+        if m == "hierarchical":
+            kw["stats"] = bounds
         comps[m] = compose.compnn(db, query, q, layer=ms["fine"], target="cnn_outputs",
-                                  **match_kwargs(cfg, ms, m, job["threads"]))
+                                  progress=f"query {q} {m} search", **kw)
         seconds[m] = time.perf_counter() - t
     comp = comps[job["main"]]
     rows = compose.table1_query(db, query, q, comp, bottleneck_layer=ms["global"], decode2_layer=ms["decode2"],
                                 threads=job["threads"])
     agree = {key: _agreement(comps[a], comps[b]) for key, (a, b) in PAIRS.items() if a in comps and b in comps}
     sources = np.stack([comp.matches.image[..., 0], comp.matches.y[..., 0], comp.matches.x[..., 0]])
-    return {"rows": rows, "sources": sources.astype(np.int32), "seconds": seconds, "agree": agree}
+    return {"rows": rows, "sources": sources.astype(np.int32), "seconds": seconds, "agree": agree,
+            "bounds": bounds}
 
 
 _OPEN: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -196,7 +207,10 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
 
     rows = {name: [r["rows"][name] for r in results] for name in metrics.TABLE1_ROWS}
     table, stacked = compose.table1_score(db, rows, np.asarray(query.labels), spec.num_classes)
-    table.title = f"Table 1 — {cfg.task} ({db.model}, {len(query)} query images, CompNN: {main} matching)"
+    sample = {"spread": "spread evenly over", "first": "the first of", "random": "drawn at random from"}
+    how = sample.get(getattr(cfg, "query_sample", "first"), "of")
+    table.title = (f"Table 1 — {cfg.task} ({db.model}, {len(query)} query images {how} the query split, "
+                   f"CompNN: {main} matching)")
     table.write(d / "table1")
     np.savez_compressed(d / "outputs.npz", **{k.replace(" ", "_"): v for k, v in stacked.items()})
     np.save(d / "sources.npy", np.stack([r["sources"] for r in results]))
@@ -217,6 +231,14 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
     }
     if plan["reference"]:
         summary["exact_reference"] = plan["reference"]
+    bounds = [r["bounds"] for r in results if r.get("bounds")]
+    if bounds:  # the certified prune: how much of exact-within-shortlist's work it skipped
+        summary["bound_prune"] = {
+            "rule": ("pilot blocks decide per image: bounds used when they score at most "
+                     "a fifth of their pairs, else plain exact search (same answers either way)"),
+            "images_using_bounds": sum(bool(b["used_bounds"]) for b in bounds), "n_images": len(bounds),
+            "pairs_scored_fraction": float(sum(b["pairs_scored"] for b in bounds) / sum(b["pairs"] for b in bounds)),
+            "pilot_fraction": [round(float(b["pilot_fraction"]), 4) for b in bounds]}
     for (group, scope) in PAIRS:
         counts = [r["agree"][(group, scope)] for r in results if (group, scope) in r["agree"]]
         if counts:

@@ -16,7 +16,9 @@
 //  * threads: 1 .. 2^31-1; counts above max_threads() run as max_threads(), and when the OS refuses to
 //    start a thread the search goes on with the threads that did start (same results);
 //  * cancel: when set, the calling thread calls it between work units, at most every ~100 ms; when it
-//    returns true the search stops and throws Cancelled.
+//    returns true the search stops and throws Cancelled (progress: see ProgressScope);
+//  * similarities are canonical (double sums of the original values, see internal.hpp): float32 GEMMs
+//    only filter candidates, so every search reports the same value for the same pair.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +40,23 @@ struct Tensor {
 };
 
 using Cancel = std::function<bool()>;
+
+// Progress of a search: (work units done, work units) of the parallel loop running now, called on the
+// thread that started the search, at most every ~100 ms and once at the end of each loop.
+using Progress = std::function<void(int64_t done, int64_t total)>;
+
+// While alive, searches started on this thread report to `progress` (nested scopes: the innermost).
+class ProgressScope {
+ public:
+  explicit ProgressScope(Progress progress);
+  ~ProgressScope();
+  ProgressScope(const ProgressScope&) = delete;
+  ProgressScope& operator=(const ProgressScope&) = delete;
+
+ private:
+  Progress progress_;
+  const Progress* previous_;
+};
 
 // Thrown by a search whose Cancel returned true.
 struct Cancelled : std::runtime_error {
@@ -91,6 +110,35 @@ PatchMatches patch_topk_flat(const Tensor& query, const Tensor& database, const 
 // coarse_k value that skips the coarse stage: the fine search covers every position of the shortlist.
 constexpr int64_t kNoCoarseStage = -1;
 
+// How hierarchical() searches the shortlist at the fine layer:
+//  * Bounds: exact, pruned by certified cosine bounds (bounded_patch_topk); the result equals
+//    patch_topk over the shortlist, so the coarse maps and coarse_k/margin are not used;
+//  * Coarse: the paper's prune (coarse candidates, then fine search under them): faster where the
+//    bounds cannot prune, but it may miss the best match.
+enum class Prune { Bounds, Coarse };
+
+// What bounded_patch_topk did: database positions scored exactly per query position, out of all,
+// and whether the bounds were used at all (`pilot_fraction` above kBoundsGiveUp: plain exact search).
+struct BoundStats {
+  int64_t pairs = 0, pairs_scored = 0;
+  double pilot_fraction = 0;
+  bool used_bounds = false;
+};
+
+// Above this fraction of pairs scored in the pilot blocks, bounded_patch_topk runs patch_topk instead.
+constexpr double kBoundsGiveUp = 0.2;
+
+// Exactly patch_topk's result (canonical similarities, ties to the lowest index), searching less: the
+// database positions of each row are grouped into G×G cells with a unit centroid and an angular
+// radius; for each block of query positions, cells are visited in decreasing order of a certified upper
+// bound on the similarity of any of their patches (the cosine of the query-centroid angle less the
+// radius, widened by the float32 error), and a cell is skipped once its bound is below the k-th best
+// found for every query in the block. A few pilot blocks, spread over the query, measure how much the
+// bounds prune; when they leave more than kBoundsGiveUp of the pairs, the search is patch_topk itself.
+PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
+                                int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {},
+                                BoundStats* stats = nullptr);
+
 struct HierarchicalParams {
   int64_t kernel_fine = 4, kernel_coarse = 4;
   int64_t shortlist = 10;  // S images kept by the global descriptor
@@ -98,6 +146,7 @@ struct HierarchicalParams {
   int64_t margin = 1;      // fine positions added around each coarse candidate's fine region
   int64_t k = 1;
   int64_t threads = 1;
+  Prune prune = Prune::Coarse;
 };
 
 // Fine search restricted to the fine regions under coarse candidates. `coarse` holds the coarse
@@ -111,10 +160,11 @@ PatchMatches pruned_fine_topk(const Tensor& query_fine, const Tensor& db_fine, c
 
 // The whole hierarchy. query_global: any shape; db_global (N, ...) with rows of its size. `rows`
 // restricts every stage to those store rows (empty = all).
+// `stats` (optional) receives the fine stage's BoundStats when params.prune is Prune::Bounds.
 PatchMatches hierarchical(const Tensor& query_fine, const Tensor& db_fine, const Tensor& query_coarse,
                           const Tensor& db_coarse, const Tensor& query_global, const Tensor& db_global,
                           const std::vector<int64_t>& rows, const HierarchicalParams& params,
-                          const Cancel& cancel = {});
+                          const Cancel& cancel = {}, BoundStats* stats = nullptr);
 
 // Convert n float16 values (raw IEEE bits) to float32.
 void half_to_float(const uint16_t* src, float* dst, int64_t n);
