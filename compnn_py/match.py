@@ -430,6 +430,8 @@ class PatchIndex:
     -(K-1)//2 .. K//2; equal up to float32 rounding) and its tie rule (lowest (row, y, x)), identical for
     any ``threads``. A search reads each searched map once (float16 converted on the fly) and needs
     K·K·C multiply-adds per database position and query position; several threads may search at once.
+    Only the K×K patches of the given positions are read from ``query_map`` (NaN/Inf are reported when
+    met there; each patch is rescaled on its own when its values lie far from 1).
 
     >>> import numpy as np
     >>> from compnn_py import match

@@ -136,6 +136,12 @@ def test_agreements_against_naive(export, tmp_path, monkeypatch, fast):
     # The certified prune keeps exact-within-shortlist's answers, and metrics.json says what it did.
     assert m["hierarchical_vs_exact"]["within_shortlist"]["same_match"] == 1
     assert m["bound_prune"]["rule"] and 0 < m["bound_prune"]["pairs_scored_fraction"] <= 1
+    # Per query (the report's click view quotes its own): each compared query's fraction, None elsewhere.
+    for group, scope, counts in (("shortlist_vs_exact", "over_all", short_over),
+                                 ("hierarchical_vs_exact", "within_shortlist", within)):
+        per = m[group][scope]["per_query_same_source_image"]
+        assert per[len(counts):] == [None] * (len(query) - len(counts))
+        assert per[:len(counts)] == pytest.approx([c[2] / c[4] for c in counts], abs=1e-12)
     assert m["exact_reference"]["over_all"]["n_queries"] == n_exact
     assert set(m["seconds_per_image"]) == {"exact", "shortlist", "hierarchical"}
     # Table 1 and the sources come from the chosen matcher, as the naive computation has them.

@@ -166,8 +166,8 @@ def test_argument_checks_name_the_argument():
     bad[1, 2, 2, 3] = np.nan
     with pytest.raises(ValueError, match="^database: contains NaN"):
         match.PatchIndex(bad, kernel=1)
-    with pytest.raises(ValueError, match="^query_map: contains NaN"):
-        index.search(bad[1], [(0, 0)])
+    with pytest.raises(ValueError, match="^query_map: contains NaN"):  # in the patch of a searched position
+        index.search(bad[1], [(0, 0), (2, 2)])
 
 
 def test_keeps_the_database_alive():

@@ -111,28 +111,26 @@ PatchMatches PatchIndex::search(const Tensor& query, const std::vector<int64_t>&
   const int64_t k = detail::check_range("k", k_in, 1, R * plane);
   detail::check_threads(threads);
 
-  // The query map: finite, one scale factor for the whole map (as patch_topk), then each position's K×K
-  // taps (zero outside the map) as rows of `taps` (P·K², C) and its inverse patch norm.
+  // Each position's K×K taps (zero outside the map) as rows of `taps` (P·K², C), finite, scaled by a power
+  // of two from the patch's own largest |value| (cosine does not change; only these K² pixels are read, not
+  // the whole query map), and its inverse patch norm.
   const int64_t KK = K * K, a = detail::pad_before(K);
   RowMat taps = RowMat::Zero(std::max<int64_t>(1, P * KK), C);
   std::vector<float> qinv(P);
-  {
-    std::vector<float> qmap(H * W * C);
-    detail::load_f32(query, 0, H * W * C, qmap.data());
-    detail::require_finite(qmap.data(), H * W * C, "query_map");
-    detail::normalise(qmap.data(), H * W * C);
-    for (int64_t p = 0; p < P; ++p) {
-      double sq = 0;
-      for (int64_t dy = 0; dy < K; ++dy)
-        for (int64_t dx = 0; dx < K; ++dx) {
-          const int64_t y = positions[2 * p] + dy - a, x = positions[2 * p + 1] + dx - a;
-          if (y < 0 || y >= H || x < 0 || x >= W) continue;
-          const float* src = qmap.data() + (y * W + x) * C;
-          std::copy(src, src + C, taps.row(p * KK + dy * K + dx).data());
-          for (int64_t j = 0; j < C; ++j) sq += static_cast<double>(src[j]) * src[j];
-        }
-      qinv[p] = detail::inv_norm(sq);
-    }
+  for (int64_t p = 0; p < P; ++p) {
+    for (int64_t dy = 0; dy < K; ++dy)
+      for (int64_t dx = 0; dx < K; ++dx) {
+        const int64_t y = positions[2 * p] + dy - a, x = positions[2 * p + 1] + dx - a;
+        if (y < 0 || y >= H || x < 0 || x >= W) continue;
+        float* dst = taps.row(p * KK + dy * K + dx).data();
+        detail::load_f32(query, (y * W + x) * C, C, dst);
+        detail::require_finite(dst, C, "query_map");
+      }
+    float* patch = taps.row(p * KK).data();
+    detail::normalise(patch, KK * C);  // the rows of one position are contiguous
+    double sq = 0;
+    for (int64_t j = 0; j < KK * C; ++j) sq += static_cast<double>(patch[j]) * patch[j];
+    qinv[p] = detail::inv_norm(sq);
   }
 
   const int64_t brows = band_rows(h_, w_, K), bands = (h_ + brows - 1) / brows, units = R * bands;

@@ -245,7 +245,11 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
             c = np.sum(counts, axis=0)
             summary.setdefault(group, {})[scope] = {
                 "same_label": float(c[0] / c[1]), "same_source_image": float(c[2] / c[4]),
-                "same_match": float(c[3] / c[4]), "n_queries": len(counts)}
+                "same_match": float(c[3] / c[4]), "n_queries": len(counts),
+                # per query (None where not compared): the report's click view quotes its own query's
+                "per_query_same_source_image": [
+                    float(r["agree"][(group, scope)][2] / r["agree"][(group, scope)][4])
+                    if (group, scope) in r["agree"] else None for r in results]}
     if table.per_class:
         summary["per_class_iou"] = {r: [float(v) for v in a] for r, a in table.per_class.items()}
     write_json(d / "metrics.json", summary)

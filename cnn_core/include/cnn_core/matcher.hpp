@@ -195,7 +195,8 @@ class PatchIndex {
  public:
   PatchIndex(const Tensor& database, int64_t kernel, int64_t threads, const Cancel& cancel = {});
 
-  // Top-k for the query positions (y, x) of query (H, W, C) (any H, W; channels C), given flat as
+  // Top-k for the query positions (y, x) of query (H, W, C) (any H, W; channels C; only the K×K patches
+  // of those positions are read, checked for NaN/Inf and, each on its own, rescaled), given flat as
   // positions = {y0, x0, y1, x1, ...}; rows: store rows to search (empty = all). Result h = number of
   // positions, w = 1. With per_row non-null it also receives, per query position and searched row (in
   // `rows` order), that row's best position: h = positions, w = rows searched, k = 1.
