@@ -84,6 +84,8 @@ class QueryEntry:
     out_shape: tuple[int, int]          # (H, W) of the output pictures
     classes: np.ndarray | None = None   # (H, W) class ids of the CompNN output, for naming the pointed class
     note: str = ""                      # e.g. the query's per-image attributes
+    provenance: str = ""                # under the click view: which matcher picked the sources, how often
+                                        # exact search over all images picks another image, the explorer
 
 
 @dataclass

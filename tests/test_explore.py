@@ -272,3 +272,28 @@ def test_upload_round_trip(real_server):
         np.testing.assert_allclose([s["similarity"] for s in b["sources"]],
                                    [s["similarity"] for s in a["sources"]], atol=2e-2)
         assert b["table1"]["method"] == info["table1_matching"]
+
+
+def test_report_click_view_names_the_matcher_and_exact_disagreement(tmp_path_factory):
+    """report.html's click view says which matcher picked the sources shown, how often exact search over
+    all training images picks another image for that query (the compnn stage's per-query record), and
+    points to the explorer."""
+    pytest.importorskip("tensorflow")
+    import html
+    import json
+    import re
+
+    from report_run import tiny_run
+
+    out = tiny_run(tmp_path_factory)
+    page = (out / "report.html").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    main = metrics["table1_matching"]
+    per = metrics[f"{main}_vs_exact"]["over_all"]["per_query_same_source_image"]
+    notes = [html.unescape(t) for t in re.findall(r"<div class='note prov' id='prov-\d+'>(.*?)</div>", page)]
+    assert notes and len(notes) <= len(per)
+    for note, same in zip(notes, per):
+        assert "picked by Table 1's matcher: " + ("exact search within the bottleneck shortlist" if main == "shortlist"
+                                                  else "the hierarchical prune") in note, note
+        assert f"picks another training image at {1 - same:.1%} of this query's positions" in note, note
+        assert "python -m experiments.explore --out_dir=" in note

@@ -248,6 +248,26 @@ _MATCHERS = {
 }
 
 
+def _provenance_note(summary: dict, i: int) -> str:
+    """The click view's note for query i: which matcher picked the sources shown, how often exact search
+    over all training images picks another image for this query (the compnn stage's reference run, when
+    it ran on it), and the explorer for exact top-k sources."""
+    main, n = summary.get("table1_matching"), summary["n_train"]
+    s = summary.get("matcher", {}).get("shortlist")
+    picked = {"exact": f"exact search over all {n} training images",
+              "shortlist": f"exact search within the bottleneck shortlist of {s} training images",
+              "hierarchical": f"the hierarchical prune (bottleneck shortlist of {s} images, then coarse candidates)"}
+    text = f"The sources shown were picked by Table 1's matcher: {picked.get(main, main)}."
+    if main in ("shortlist", "hierarchical"):
+        per = (summary.get(f"{main}_vs_exact", {}).get("over_all") or {}).get("per_query_same_source_image") or []
+        same = per[i] if i < len(per) else None
+        text += (f" Exact search over all {n} training images picks another training image at {_pct(1 - same)} of "
+                 "this query's positions (many positions are near-ties)." if same is not None else
+                 " Exact search over all training images was not run on this query (see --exact_queries).")
+    return (text + " The exact top-k sources of any pixel, with how ambiguous they are: "
+            "python -m experiments.explore --out_dir=<this run's directory>.")
+
+
 def _matching_section(summary: dict) -> str:
     m = summary.get("matcher", {})
     fmt = dict(n=summary["n_train"], s=m.get("shortlist"), k=m.get("coarse_k"), m=m.get("margin"))
@@ -554,7 +574,7 @@ def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path,
         entries.append(report_page.QueryEntry(
             query.image_ids[i], [(t, report_page.data_uri(p)) for t, p in zip(names, rgbs)], 2, img, y, x, stride,
             tuple(rgbs[2].shape[:2]), classes=comp_out if comp_out.ndim == 2 else None,
-            note=", ".join(f"{k}={v}" for k, v in meta.items())))
+            note=", ".join(f"{k}={v}" for k, v in meta.items()), provenance=_provenance_note(summary, i)))
     train_images = {}
     for row in np.unique(sources[:n, 0]).tolist():
         t = report_page.TrainImage(db.image_ids[row])
