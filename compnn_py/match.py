@@ -426,9 +426,9 @@ class PatchIndex:
 
     ``search(query_map, positions)`` then returns, for each query position (y, x) of ``query_map``
     (H', W', C), the exact top-k over every position of every database map (or of the store rows in
-    ``rows``): the similarity of ``patches`` (cosine of the zero-padded K×K×C descriptors, offsets
-    -(K-1)//2 .. K//2; equal up to float32 rounding) and its tie rule (lowest (row, y, x)), identical for
-    any ``threads``. A search reads each searched map once (float16 converted on the fly) and needs
+    ``rows``): exactly what ``patches`` gives for those positions, to the bit (the same canonical
+    similarities of the zero-padded K×K×C descriptors, offsets -(K-1)//2 .. K//2, and tie rule, lowest
+    (row, y, x)), identical for any ``threads``. A search reads each searched map once (float16 converted on the fly) and needs
     K·K·C multiply-adds per database position and query position; several threads may search at once.
     Only the K×K patches of the given positions are read from ``query_map`` (NaN/Inf are reported when
     met there; each patch is rescaled on its own when its values lie far from 1).

@@ -58,15 +58,18 @@ def test_topk_equals_brute_force(K, dtype):
     _check_topk(m, sims, cols, 6, db.shape)
 
 
-@pytest.mark.parametrize("K", [1, 4])
-def test_same_as_patches_on_every_position(K):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("K", [1, 3, 4])
+def test_same_as_patches_on_every_position(K, dtype):
     rng = np.random.default_rng(10 + K)
-    db = _maps(rng, (4, 6, 5, 8))
-    query = _maps(rng, (6, 5, 8))
+    db = _maps(rng, (4, 6, 5, 8), dtype)
+    db[3] = db[1]  # exact ties between images
+    query = _maps(rng, (6, 5, 8), dtype)
     positions = np.array([(y, x) for y in range(6) for x in range(5)])
     ref = match.patches(query, db, kernel=K, k=3)
     m = match.PatchIndex(db, kernel=K).search(query, positions, k=3)
-    np.testing.assert_allclose(m.similarity, ref.similarity.reshape(-1, 3), atol=1e-5)
+    for f in ("image", "y", "x", "similarity"):  # canonical similarities: the same to the bit
+        np.testing.assert_array_equal(getattr(m, f), getattr(ref, f).reshape(-1, 3))
     sims, cols = _reference(db, query, positions, K)
     _check_topk(m, sims, cols, 3, db.shape)
 
@@ -107,6 +110,12 @@ def test_rows_and_per_image_best():
     h, w = db.shape[1:3]
     claimed = per[np.arange(3)[:, None], np.arange(3)[None, :], res.per_image.y * w + res.per_image.x]
     np.testing.assert_allclose(res.per_image.similarity, claimed, atol=1e-5)
+    # Each image's best is patches' top-1 within that image, to the bit.
+    for j, r in enumerate(rows):
+        one = match.patches(query, db, kernel=3, k=1, rows=[r])
+        for f in ("image", "y", "x", "similarity"):
+            np.testing.assert_array_equal(getattr(res.per_image, f)[:, j],
+                                          getattr(one, f)[positions[:, 0], positions[:, 1], 0])
     # The plain search gives the same top-k.
     plain = index.search(query, positions, k=4, rows=rows)
     for f in ("image", "y", "x", "similarity"):

@@ -4,8 +4,9 @@
 // maps; the shift-sum machinery of patch_topk (a whole query map at once) would be wasted here.
 //
 // Work is split in fixed units (database row × band of image rows, the band height fixed by the map
-// width), each similarity is computed by the same arithmetic whatever thread runs it, and per-worker
-// top-k lists merge into the same set: results are identical for any thread count.
+// width) and per-worker top-k lists merge into the same set. Float32 products only filter candidates;
+// the similarities reported are the canonical ones (internal.hpp), so a search gives exactly what
+// patch_topk gives for those positions, ties included, for any thread count.
 #include <Eigen/Core>
 
 #include "internal.hpp"
@@ -82,7 +83,7 @@ PatchIndex::PatchIndex(const Tensor& database, int64_t kernel, int64_t threads, 
         double s = 0;
         for (int64_t dy = 0; dy < K; ++dy)
           for (int64_t dx = 0; dx < K; ++dx) s += sq[(y + dy) * pw + x + dx];
-        inv_norm_[r * plane + y * w_ + x] = detail::inv_norm(s);
+        inv_norm_[r * plane + y * w_ + x] = detail::filter_inv_norm(s);
       }
   });
 }
@@ -130,7 +131,7 @@ PatchMatches PatchIndex::search(const Tensor& query, const std::vector<int64_t>&
     detail::normalise(patch, KK * C);  // the rows of one position are contiguous
     double sq = 0;
     for (int64_t j = 0; j < KK * C; ++j) sq += static_cast<double>(patch[j]) * patch[j];
-    qinv[p] = detail::inv_norm(sq);
+    qinv[p] = detail::filter_inv_norm(sq);
   }
 
   const int64_t brows = band_rows(h_, w_, K), bands = (h_ + brows - 1) / brows, units = R * bands;
@@ -141,6 +142,7 @@ PatchMatches PatchIndex::search(const Tensor& query, const std::vector<int64_t>&
   std::vector<std::vector<float>> row_sim(want_rows ? nw : 0, std::vector<float>(P * R, detail::kNegInf));
   std::vector<std::vector<int64_t>> row_idx(want_rows ? nw : 0, std::vector<int64_t>(P * R, detail::kNoIndex));
   const int64_t pw = w_ + K - 1;
+  const float slack = detail::filter_slack(KK * C, K);
 
   if (P > 0)
     detail::parallel_units(units, nw, cancel, [&](int64_t unit, int wk) {
@@ -157,7 +159,9 @@ PatchMatches PatchIndex::search(const Tensor& query, const std::vector<int64_t>&
           prod.middleRows(i * pw, pw).setZero();
       }
       detail::TopK& top = best[wk];
+      std::vector<float> scratch(2 * C);
       for (int64_t p = 0; p < P; ++p) {
+        const int64_t qy = positions[2 * p], qx = positions[2 * p + 1];
         float thr = top.threshold(p);
         float* rs = want_rows ? &row_sim[wk][p * R + ri] : nullptr;
         int64_t* rix = want_rows ? &row_idx[wk][p * R + ri] : nullptr;
@@ -168,13 +172,20 @@ PatchMatches PatchIndex::search(const Tensor& query, const std::vector<int64_t>&
             float s = 0.f;
             for (int64_t dy = 0; dy < K; ++dy)
               for (int64_t dx = 0; dx < K; ++dx) s += prod((y + dy) * pw + x + dx, p * KK + dy * K + dx);
+            // The float32 value only filters; a candidate that may beat the k-th best (or its image's best)
+            // is rescored canonically, so the similarities are match.patches' to the bit.
             const float v = s * qi * dinv[x];
+            const bool for_top = detail::passes_filter(v, thr, slack);
+            const bool for_row = rs != nullptr && detail::passes_filter(v, *rs, slack);
+            if (!for_top && !for_row) continue;
             const int64_t idx = r * plane + (y0 + y) * w_ + x;
-            if (v >= thr) {
-              top.insert(p, v, idx);
+            const float cv = detail::canonical_patch_cosine(query, 0, H, W, qy, qx, db_, r * plane * C, h_, w_, y0 + y,
+                                                            x, C, K, scratch.data());
+            if (for_top) {
+              top.insert(p, cv, idx);
               thr = top.threshold(p);
             }
-            if (rs != nullptr && detail::better(v, idx, *rs, *rix)) *rs = v, *rix = idx;
+            if (for_row && detail::better(cv, idx, *rs, *rix)) *rs = cv, *rix = idx;
           }
         }
       }

@@ -188,8 +188,8 @@ std::string build_info();
 // kept in memory (4 bytes per position). The maps themselves are borrowed, never copied: the caller keeps
 // them alive and unchanged while the index is used. A search streams the searched maps once (float16
 // converted to float32 on the fly) and returns, for every query position, the exact top-k over every
-// position of every searched map, with patch_topk's similarity (the same up to float32 rounding) and
-// tie rule (lowest (row, y, x)); results are identical for any thread count. search() is const and may
+// position of every searched map: exactly patch_topk's result for those positions (canonical
+// similarities, ties to the lowest (row, y, x)), identical for any thread count. search() is const and may
 // be called from several threads at once.
 class PatchIndex {
  public:
