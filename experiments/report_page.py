@@ -14,7 +14,8 @@ Words are HTML, never pixels: figure titles, captions, chart titles, axis labels
 in the page (readable at any zoom, searchable); the PNGs carry only the pictures.
 
 Sections fold (``<details>``): the class legend, Table 1 and the queries (with the first query) are open,
-the rest folded; following a link to a folded section, or finding text in it, opens it.
+the rest folded; following a link to a folded section opens it (report.js), and so does
+find-in-page in Chromium-based browsers (their own handling of <details>).
 
 Interaction: pointing at (or clicking) a pixel of a CompNN output marks it, and shows the training
 image it was copied from, that image's CNN output (the self-supervised label CompNN (SS) copies) and

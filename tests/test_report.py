@@ -217,6 +217,8 @@ def test_identical_rows_are_found_and_explained(tmp_path):
     html = unescape(report._identical_rows_html(t, outputs, db, query))
     assert "Identical rows: CompNN (SS) and Global Bottleneck NN (O): their predictions differ, but score the " \
            "same." in html
+    assert "Identical rows: CompNN (SS) and Global Bottleneck NN (O): they score the same." in unescape(
+        report._identical_rows_html(t, {k: v for k, v in outputs.items() if k != "CompNN_(SS)"}, db, query))
     # The global rows' reason, against a naive reference: the nearest training image by each whole map.
     ms = db.metadata["match_spec"]
     flat = {lay: (np.asarray(query.layer(lay)).reshape(4, -1), np.asarray(db.layer(lay)).reshape(len(db), -1))

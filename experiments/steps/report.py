@@ -131,11 +131,14 @@ def _identical_rows_html(table: dict, outputs, db, query) -> str:
     query, the same nearest training image (whose whole output both then copy)."""
     notes: dict[str, list[str]] = {}
     for group in identical_rows(table):
-        same_output = all(np.array_equal(outputs[group[0].replace(" ", "_")], outputs[r.replace(" ", "_")])
-                          for r in group[1:] if r.replace(" ", "_") in outputs)
+        keys = [r.replace(" ", "_") for r in group]
+        if not all(k in outputs for k in keys):  # predictions not recorded: only the scores can be compared
+            notes.setdefault("they score the same", []).append(" and ".join(group))
+            continue
+        same_output = all(np.array_equal(outputs[keys[0]], outputs[k]) for k in keys[1:])
         bases = {r.rsplit(" (", 1)[0] for r in group}
         if same_output and bases == set(_GLOBAL_ROWS) and len(group) == 2:
-            why = _same_global_image(db, query, len(outputs[group[0].replace(" ", "_")]))
+            why = _same_global_image(db, query, len(outputs[keys[0]]))
         elif same_output:
             why = "they predict the same output on every query image"
         else:
