@@ -166,11 +166,13 @@ def describe_network(model, arch, form: str) -> dict[str, Any]:
 
 def configuration(resolved: dict[str, Any], network: Network | None) -> dict[str, Any]:
     """The run's configuration as config.json and the report show it: with a given network, its
-    description replaces the preset's training fields (TRAINING_FIELDS, and the model name for a network
-    compnn did not build), which did not apply."""
+    description replaces the preset's training fields (TRAINING_FIELDS; the model name for a network
+    compnn did not build; the batch size except for a compnn run, whose BN statistics may be recomputed
+    with it), which did not apply."""
     if network is None:
         return resolved
-    drop = TRAINING_FIELDS + (("model",) if network.description["architecture"] == "custom" else ())
+    drop = TRAINING_FIELDS + (("model",) if network.description["architecture"] == "custom" else ()) \
+        + (("batch_size",) if network.form != "run_dir" else ())  # read only to recompute a run's BN statistics
     out = {k: v for k, v in resolved.items() if k not in drop}
     out["network"] = network.description
     return out

@@ -59,8 +59,8 @@ def test_the_network_fixes_size_and_model_and_is_described(network):
     assert d["input_size"] == [32, 32] and d["output_channels"] == 11 and d["architecture"] == "custom"
     assert d["parameters"] == build_network().count_params()
     assert d["match_layers"] == {"global": "bottleneck", "coarse": "dec2", "fine": "dec1", "decode2": "dec1"}
-    shown = checks.configuration({"model": "segnet_basic", "steps": None, "epochs": 10, "ngf": 64, "size": [32, 32]},
-                                 net)
+    shown = checks.configuration({"model": "segnet_basic", "steps": None, "epochs": 10, "ngf": 64, "batch_size": 4,
+                                  "size": [32, 32]}, net)
     assert shown == {"size": [32, 32], "network": d}
     with pytest.raises(UserError, match="takes 32x32 images, not 48x48"):
         _check(checkpoint=network, match_layers=LAYERS, size=(48, 48), size_given=True)
@@ -130,5 +130,5 @@ def test_the_driver_stops_before_any_stage(tmp_path, network):
     assert res.returncode == 0, res.stderr[-3000:]
     conf = json.loads((out / "config.json").read_text())
     assert conf["size"] == [32, 32] and conf["network"]["parameters"] == build_network().count_params()
-    assert not {"steps", "epochs", "ngf", "model"} & set(conf)
+    assert not {"steps", "epochs", "ngf", "model", "batch_size"} & set(conf)
     assert np.load(next((out / "cache").glob("data-*")) / "train_inputs.npy").shape == (4, 32, 32, 3)
