@@ -69,6 +69,16 @@ def _restore_global_flags():
     absl_logging.get_absl_logger().setLevel(logging.NOTSET)
 
 
+@pytest.fixture(autouse=True)
+def _no_network_checks(monkeypatch):
+    """Keys only: --checkpoint and --data_dir here are empty folders; the checks of a given network and of
+    the data's size (experiments.checks, run by settings()) are tested in test_checks.py."""
+    from experiments import checks
+
+    monkeypatch.setattr(checks, "_check_network", lambda cfg, spec, checkpoint, **kw: (cfg, None))
+    monkeypatch.setattr(checks, "_training_images", lambda cfg, data_dir: 10**6)
+
+
 def _parse(*args):
     FLAGS.unparse_flags()
     FLAGS(["run", *args])

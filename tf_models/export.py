@@ -208,7 +208,7 @@ def resolve_match_layers(model, arch, train_inputs, *, user_named: bool = False,
     if live is None:
         raise ValueError(f"the global layer {ms['global']} of {model.name} and every layer it could fall back to "
                          f"({', '.join(fallbacks)}) are constant across the {n} training images")
-    record["degenerate"] += [f for f in fallbacks[:fallbacks.index(live)]]
+    record["degenerate"] += fallbacks[:fallbacks.index(live)]
     record["layer"] = live
     logging.warning("global layer %s is constant across the %d training images; using %s, the deepest layer "
                     "above the coarse one that is not", ms["global"], n, live)
