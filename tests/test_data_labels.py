@@ -85,6 +85,34 @@ def test_cityscapes_tables_known_colours():
     np.testing.assert_array_equal(got, [[0, 10, 5, 13, 255, 255, 255, 18]])
 
 
+def test_cityscapes_label_table_is_carried_without_the_package():
+    """The table is data in compnn: the reader needs no cityscapesscripts (blocked from import here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cityscapesscripts'] = None\n"
+            "from compnn_py.data import palettes, cityscapes\n"
+            "print(palettes.CITYSCAPES_NAMES[0], int(palettes.CITYSCAPES_ID_TO_TRAIN[26]), "
+            "int(palettes.CITYSCAPES_TRAIN_TO_ID[18]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["road", "13", "33"]  # car: id 26 -> train 13; bicycle: train 18 -> id 33
+
+
+def test_cityscapes_label_table_matches_the_official_definition():
+    """Checked against cityscapesScripts' own `labels` list where that package is installed."""
+    from compnn_py.data.palettes import CITYSCAPES_LABELS, CITYSCAPES_ID_TO_TRAIN, CITYSCAPES_TRAIN_TO_ID
+
+    cs = pytest.importorskip("cityscapesscripts.helpers.labels")
+    assert CITYSCAPES_LABELS == tuple((lab.name, lab.id, lab.trainId, tuple(lab.color)) for lab in cs.labels)
+    for lab in cs.labels:
+        if lab.id >= 0:
+            assert CITYSCAPES_ID_TO_TRAIN[lab.id] == (lab.trainId if 0 <= lab.trainId < 255 else 255)
+    for train_id, lab in cs.trainId2label.items():
+        if 0 <= train_id < 255:
+            assert CITYSCAPES_TRAIN_TO_ID[train_id] == lab.id
+
+
 def test_facades_palette_is_separable():
     d = np.linalg.norm(FACADES_PALETTE[:, None].astype(float) - FACADES_PALETTE[None], axis=-1)
     np.fill_diagonal(d, np.inf)
