@@ -477,7 +477,7 @@ def layer_sweep(db, query, i: int, *, layers: Sequence[str], target: str = "cnn_
     if not layers:
         raise ValueError("layers must name at least one layer")
     steps = []
-    for name in Progress(layers, desc="layer sweep", leave=False):
+    for name in Progress(layers, desc="layer sweep", unit="layer", leave=False):
         comp = compnn(db, query, i, layer=name, target=target, **match_kwargs)
         steps.append(SweepStep(name, comp, composition_stats(comp)))
     return steps
@@ -531,7 +531,7 @@ def table1(db, query, *, layer: str, bottleneck_layer: str, decode2_layer: str, 
     if db.label_kind == "labels" and num_classes is None and db.metadata.get("num_classes") is None:
         raise ValueError("num_classes is needed for a segmentation task (not in db.metadata either)")
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in metrics.TABLE1_ROWS}
-    for q in Progress(idx, desc="table 1", disable=not progress):
+    for q in Progress(idx, desc="table 1", unit="img", disable=not progress):
         comp = compnn(db, query, q, layer=layer, target="cnn_outputs", method=method, **match_kwargs)
         for name, pred in table1_query(db, query, q, comp, bottleneck_layer=bottleneck_layer,
                                        decode2_layer=decode2_layer, rows=match_kwargs.get("rows"),

@@ -64,7 +64,8 @@ def read_camvid(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: i
     pairs = camvid_pairs(root, split)[:n]
     inputs = np.empty((len(pairs), *size, 3), np.uint8)
     targets = np.empty((len(pairs), *size), np.uint8)
-    for i, (photo_path, annot_path) in enumerate(Progress(pairs, desc=f"camvid/{split}", disable=not progress)):
+    bar = Progress(pairs, desc=f"camvid/{split}", unit="img", disable=not progress)
+    for i, (photo_path, annot_path) in enumerate(bar):
         photo = read_image(photo_path)
         annot = read_image(annot_path, mode="L")
         if annot.shape != photo.shape[:2]:

@@ -31,7 +31,7 @@ def read_cityscapes(spec: TaskSpec, root, split: str, *, size: tuple[int, int], 
     inputs = np.empty((len(photos), *size, 3), np.uint8)
     targets = np.empty((len(photos), *size), np.uint8)
     ids, meta = [], []
-    for i, photo_path in enumerate(Progress(photos, desc=f"cityscapes/{split}", disable=not progress)):
+    for i, photo_path in enumerate(Progress(photos, desc=f"cityscapes/{split}", unit="img", disable=not progress)):
         city = photo_path.parent.name
         base = photo_path.name[: -len(PHOTO_SUFFIX)]
         label_path = root / "gtFine" / split / city / f"{base}{LABEL_SUFFIX}"

@@ -35,7 +35,7 @@ def read_pix2pix(spec: TaskSpec, root, split: str, *, size: tuple[int, int], n: 
     files = list_images(root / split, f"{spec.name} split {split!r}")[:n]
     inputs = np.empty((len(files), *size, 3), np.uint8)
     targets = np.empty((len(files), *size) + (() if spec.kind == "segmentation" else (3,)), np.uint8)
-    for i, path in enumerate(Progress(files, desc=f"{spec.name}/{split}", disable=not progress)):
+    for i, path in enumerate(Progress(files, desc=f"{spec.name}/{split}", unit="img", disable=not progress)):
         a, b = split_ab(read_image(path), path)
         source, target = (a, b) if direction == "AtoB" else (b, a)
         inputs[i] = resize_image(np.ascontiguousarray(source), size)

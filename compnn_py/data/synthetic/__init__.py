@@ -80,7 +80,7 @@ def iter_samples(task, split: str, *, n: int | None = None, size=None, seed: int
     spec = get_task(task)
     _check_split(split)
     n = DEFAULT_COUNTS[split] if n is None else _check_count(n)
-    for i in Progress(range(n), desc=f"synthetic {spec.name}/{split}", disable=not progress):
+    for i in Progress(range(n), desc=f"synthetic {spec.name}/{split}", unit="img", disable=not progress):
         yield make_sample(spec, split, i, size=size, seed=seed)
 
 
