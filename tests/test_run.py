@@ -94,6 +94,25 @@ def test_second_run_uses_the_caches(tiny_run):
     assert len(lines) == 6 and all(" cached " in l for l in lines), second.stdout
 
 
+def test_a_piped_log_holds_progress_lines_and_no_tensorflow_chatter(tiny_run):
+    _, first, _ = tiny_run
+    assert "\r" not in first.stderr  # no redrawn bar frames in a pipe
+    assert re.search(r"^pix2pix: 30/30 step \(100%\), .*done in", first.stderr, re.M), first.stderr[-3000:]
+    for chatter in ("oneDNN custom operations", "remapper failed", "Sharding callback duration",
+                    "cpu_feature_guard", "absl::InitializeLog"):
+        assert chatter not in first.stderr, chatter
+
+
+def test_a_cached_run_imports_no_tensorflow(tiny_run):
+    out, _, _ = tiny_run
+    code = ("import sys\nfrom experiments import run\n"
+            f"rc = run.cli(['run', *{TINY!r}, '--out_dir={out}'])\n"
+            "print('IMPORTED', 'tensorflow' in sys.modules, 'keras' in sys.modules)\nsys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count(" cached ") == 6 and res.stdout.splitlines()[-1] == "IMPORTED False False"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task=nonsense"], "task"),
     (["--task=cityscapes", "--data_dir=/definitely/not/here"], "does not exist"),

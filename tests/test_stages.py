@@ -58,6 +58,7 @@ TABLE = {
     "threads": (["--threads=1"], set()),
     "workers": (["--workers=2"], set()),
     "scheduler": (["--scheduler=tcp://127.0.0.1:8786"], set()),
+    "verbose": (["--verbose"], set()),
 }
 
 
@@ -87,10 +88,10 @@ def _parse(*args):
 def _keys(args, tmp):
     _parse(*[a.format(tmp=tmp) for a in args])
     s = run.settings()
-    stamp = 0.0 if s["checkpoint"] else None
-    configs = run.stage_configs(s["cfg"], data_dir=s["data_dir"], query_split=s["query_split"],
-                                checkpoint=s["checkpoint"], match_method=s["match_method"],
-                                exact_queries=s["exact_queries"], out_dir=s["out_dir"], checkpoint_stamp=stamp)
+    stamp = 0.0 if s.checkpoint else None
+    configs = run.stage_configs(s.cfg, data_dir=s.data_dir, query_split=s.query_split, checkpoint=s.checkpoint,
+                                match_method=s.match_method, exact_queries=s.exact_queries, out_dir=s.out_dir,
+                                checkpoint_stamp=stamp)
     return {name: Stage(tmp, name, c).key for name, c in configs.items()}
 
 
