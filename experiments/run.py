@@ -1,4 +1,4 @@
-"""The one-command pipeline: `python -m experiments.run --task=cityscapes`.
+"""The one-command pipeline: `python -m experiments.run --task=cityscapes` (or `compnn run --task=...`).
 
 Stages, each cached under `<out_dir>/cache/` by a hash of exactly the inputs that change its output
 (`stage_configs`; experiments.stages does the caching):

@@ -1,7 +1,8 @@
 """Packaging promises a new user relies on: the `test` extra brings the same build tools that the
 isolated build uses (so the C++ tests and the README's standalone CMake build work in a fresh
 virtualenv), CI runs the README's own test command, and a plain `cmake -S . -B ...` inside the
-virtualenv finds Eigen and pybind11 through Python with no hints."""
+virtualenv finds Eigen and pybind11 through Python with no hints. The README's run command installs
+only the `cpu` extra, which holds no test tools; licence and citation files agree with pyproject."""
 
 import os
 import re
@@ -73,3 +74,47 @@ def test_standalone_cmake_configure_finds_eigen_and_pybind11(tmp_path):
     # The virtualenv's own interpreter (bin/python3 links out of the venv: compare unresolved paths).
     python = re.search(r"Found Python: (\S+)", out.stdout)
     assert python and Path(python.group(1)).parent == Path(sys.executable).parent, out.stdout[-3000:]
+
+
+TEST_TOOLS = ("pytest", "hypothesis", "selenium", "dask", "cmake", "ninja", "pybind11", "cmeel-eigen")
+
+
+def _readme_commands():
+    """The fenced bash blocks of the README's "Two commands" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_readme_has_exactly_two_commands_and_the_run_command_needs_only_cpu():
+    run_cmd, test_cmd = _readme_commands()  # exactly two
+    assert run_cmd == 'python3 -m pip install -e ".[cpu]" && python3 -m experiments.run --task=cityscapes'
+    assert test_cmd.startswith('python3 -m pip install -e ".[cpu,test]" && ')
+
+
+def test_the_run_install_holds_no_test_tools_and_no_cityscapesscripts():
+    project = _pyproject()["project"]
+    extras = project["optional-dependencies"]
+    plain = set(_by_name(project["dependencies"])) | set(_by_name(extras["cpu"]))
+    assert not plain & {*TEST_TOOLS, "cityscapesscripts", "tensorboard"}, plain
+    assert set(_by_name(extras["cpu"])) == {"tensorflow-cpu"}
+    assert all("cityscapesscripts" not in set(_by_name(reqs)) for reqs in extras.values())
+    assert set(_by_name(extras["view"])) == {"tensorboard"}
+    assert set(TEST_TOOLS) <= set(_by_name(extras["test"]))
+
+
+def test_console_command_is_declared():
+    assert _pyproject()["project"]["scripts"] == {"compnn": "experiments.cli:main"}
+
+
+def test_licence_and_citation_agree():
+    project = _pyproject()["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    yaml = pytest.importorskip("yaml")
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT" and cff["version"] == project["version"]
+    paper = cff["preferred-citation"]
+    assert paper["title"] == "Do Convolutional Neural Networks Act as Compositional Nearest Neighbors?"
+    assert [a["family-names"] for a in paper["authors"]] == ["Liu", "Bansal", "Fragoso", "Ramanan"]
+    assert {"type": "other", "value": "arXiv:1711.07011"}.items() <= paper["identifiers"][0].items()
