@@ -45,7 +45,7 @@ def _error(message: str) -> int:
 
 def _run_absl_program(module, argv: list[str], prog: str) -> int:
     """An absl program's `main(argv)`, with its flags parsed here by the driver's conventions."""
-    from absl import flags, logging
+    from absl import app, flags, logging
 
     from experiments import cli_help
 
@@ -61,7 +61,10 @@ def _run_absl_program(module, argv: list[str], prog: str) -> int:
     except flags.Error as e:
         return _error(f"{cli_help.error_line(e)} (see {prog} --help)")
     logging.use_absl_handler()
-    status = module.main(rest)
+    try:
+        status = module.main(rest)
+    except app.UsageError as e:  # what an absl main raises for a stray argument
+        return _error(f"{cli_help.error_line(e)} (see {prog} --help)")
     return int(status or 0)
 
 

@@ -99,7 +99,7 @@ def render(flag_values: flags.FlagValues, module: str, groups: Mapping[str, Sequ
     sections = [(title, [n for n in names if n in own]) for title, names in groups.items()]
     for names in (names for _, names in sections):
         placed.update(names)
-    sections.append(("other", sorted(n for n in own if n not in placed)))
+    sections.append(("other" if groups else "flags", sorted(n for n in own if n not in placed)))
     hidden = 0
     for title, names in sections:
         shown = [n for n in names if full or n in common]

@@ -104,7 +104,8 @@ flags.DEFINE_enum("query_sample", "spread", ["spread", "first", "random"], "Whic
                   "split: spread evenly over it (default; video frames are not N copies of one scene), the "
                   "first N, or N drawn with --seed.")
 flags.DEFINE_integer("seed", None, "Seed for data generation, training and sampling.")
-flags.DEFINE_bool("verbose", False, "Show TensorFlow's own INFO/WARNING log lines (hidden by default).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's own log lines (its C++ notices and Python warnings; "
+                  "hidden by default).")
 
 # --help shows the flags by what they change; short by default (the groups' most used flags), every
 # flag with --helpfull. A name not defined (yet) is skipped; a flag in no group is listed under "other".

@@ -118,13 +118,15 @@ def test_compnn_run_is_the_driver():
 
 STUB = '''
 """A stub explorer: absl flags and a main(argv), like experiments/explore.py."""
-from absl import flags
+from absl import app, flags
 
 flags.DEFINE_string("out_dir", None, "Run directory to explore.")
 flags.DEFINE_integer("port", 8000, "Port to serve on.")
 
 
 def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     print(f"explore {flags.FLAGS.out_dir} {flags.FLAGS.port} {argv[1:]}")
     return 3 if flags.FLAGS.port == 9 else None
 '''
@@ -134,6 +136,7 @@ def main(argv):
     (["--out_dir=/x", "--port=7"], 0, "explore /x 7 []\n", ""),
     (["--port=9"], 3, "explore None 9 []\n", ""),  # main's own status is the exit status
     (["--port=x"], 2, "", "error: flag --port=x"),
+    (["stray"], 2, "", "error: unexpected arguments: stray (see compnn explore --help)\n"),
     (["--help"], 0, "usage: compnn explore [flags]", ""),
 ])
 def test_compnn_dispatches_to_an_absl_program_lazily(tmp_path, args, rc, out, err):
@@ -152,11 +155,17 @@ def test_compnn_dispatches_to_an_absl_program_lazily(tmp_path, args, rc, out, er
         assert "--port=N" in res.stdout and "--out_dir=OUT_DIR" in res.stdout
 
 
-def test_compnn_explore_before_it_exists_says_so():
-    if (ROOT / "experiments" / "explore.py").exists():
-        pytest.skip("experiments/explore.py exists")
-    res = _py("-m", "experiments.cli", "explore")
-    assert res.returncode == 2 and res.stderr.startswith("error: compnn explore is not available")
+def test_a_command_whose_module_is_missing_says_so():
+    code = textwrap.dedent("""
+        import sys
+        from experiments import cli
+        cli.COMMANDS["explore"] = ("experiments.no_such_module", "stub")
+        sys.exit(cli.main(["explore"]))
+    """)
+    res = _py("-c", code)
+    assert res.returncode == 2 and res.stderr == (
+        "error: compnn explore is not available in this version of compnn (experiments.no_such_module is "
+        "missing)\n")
 
 
 def test_compnn_bench_runs_the_matcher_benchmark_by_path():

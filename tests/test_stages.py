@@ -19,6 +19,7 @@ from absl import flags, logging as absl_logging  # noqa: E402
 
 from experiments import run  # noqa: E402
 from experiments.stages import Stage  # noqa: E402
+from experiments.steps import compnn as compnn_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 ALL = set(run.STAGES)
@@ -224,7 +225,7 @@ def test_a_failed_forced_stage_leaves_the_cached_one_untouched(base_run, monkeyp
         (d / "sources.npy").write_bytes(b"half-written")
         raise RuntimeError("matcher crashed")
 
-    monkeypatch.setattr(run.compnn_step, "run_compnn", broken)
+    monkeypatch.setattr(compnn_step, "run_compnn", broken)  # the driver imports the step when it runs
     rc, err, _ = _drive(base_run, "--force", "--stages=compnn")
     assert rc == 1 and "matcher crashed" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in compnn_dir.iterdir() if p.is_file()} == before
