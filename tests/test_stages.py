@@ -37,6 +37,7 @@ TABLE = {
     "size": (["--size=64,64"], ALL),
     "n_train": (["--n_train=13"], ALL),
     "n_query": (["--n_query=2"], ALL),
+    "query_sample": (["--query_sample=first"], ALL),
     "seed": (["--seed=1"], ALL),
     "model": (["--model=segnet_basic"], {"train"} | AFTER_TRAIN),
     "checkpoint": (["--checkpoint={tmp}"], {"train"} | AFTER_TRAIN),
