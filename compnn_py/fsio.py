@@ -12,6 +12,10 @@
   filesystem) and move it into place by rename; an existing destination is renamed aside first and
   removed only after the new one is in place. The caller guarantees that `final`, if it exists, is a
   directory the project created (this module cannot know that).
+- `publish_files(staging, dest, manifest)` + `finish_publishing(dest, manifest)`: swap a complete set of
+  files built in `staging` into `dest` (one rename per file), remove the files of the previous set
+  that the new one lacks (only those the manifest lists: files this module published), and record
+  the new set. A journal in the manifest lets the next caller complete a swap a crash interrupted.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Busy", "CorruptFile", "exclusive_lock", "json_safe", "publish_dir", "read_json", "temp_sibling",
-           "write_atomic", "write_json"]
+__all__ = ["Busy", "CorruptFile", "exclusive_lock", "finish_publishing", "json_safe", "publish_dir",
+           "publish_files", "read_json", "temp_sibling", "write_atomic", "write_json"]
 
 
 class Busy(Exception):
@@ -225,3 +229,94 @@ def publish_dir(tmp, final) -> Path:
         except OSError as err:
             warnings.warn(f"published {final}, but could not remove the replaced copy {old}: {err}")
     return final
+
+
+# ---- sets of files ------------------------------------------------------------------------------------------
+
+
+def _published(manifest: Path) -> dict[str, Any]:
+    """The manifest of published files: {"files": [relative paths], "swapping": null | {...}}."""
+    try:
+        m = read_json(manifest, "list of published files", hint="delete it (compnn then removes no old files)")
+    except FileNotFoundError:
+        return {"files": [], "swapping": None}
+    files = m.get("files") if isinstance(m, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) and _relative(f) for f in files):
+        raise CorruptFile(f"{manifest}: corrupt list of published files (no list of relative paths); "
+                          "delete it (compnn then removes no old files)")
+    swap = m.get("swapping")
+    if swap is not None and not (isinstance(swap, dict) and isinstance(swap.get("from"), str)
+                                 and "/" not in swap["from"] and isinstance(swap.get("files"), list)
+                                 and all(isinstance(f, str) and _relative(f) for f in swap["files"])):
+        raise CorruptFile(f"{manifest}: corrupt journal of an interrupted publication; delete it")
+    return {"files": files, "swapping": swap}
+
+
+def _relative(name: str) -> bool:
+    p = Path(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\0" not in name
+
+
+def _swap(staging: Path, dest: Path, manifest: Path, old: list[str], new: list[str]) -> list[Path]:
+    for rel in new:
+        src = staging / rel
+        if src.is_file():  # absent: moved before an interruption
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest / rel)
+    for rel in sorted(set(old) - set(new)):
+        path = dest / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            for parent in path.relative_to(dest).parents:  # folders it leaves empty (never dest itself)
+                if str(parent) == ".":
+                    break
+                with contextlib.suppress(OSError):
+                    (dest / parent).rmdir()
+    _fsync_dir(dest)
+    write_json(manifest, {"files": new, "swapping": None})
+    shutil.rmtree(staging, ignore_errors=True)  # only empty folders are left in it
+    return [dest / rel for rel in new]
+
+
+def publish_files(staging, dest, manifest) -> list[Path]:
+    """Move every file under the complete directory `staging` to the same relative path under `dest`
+    (replacing files there), remove the files the previous publication listed in `manifest` that this
+    one lacks, record this one, and remove `staging`; returns the published paths. Before anything
+    moves, every destination is checked (a folder or a link where a file goes is refused with
+    ValueError) and a journal is written to `manifest`, so an interrupted swap is completed by
+    `finish_publishing`. The caller holds a lock on `dest` and built `staging` on its file system."""
+    staging, dest, manifest = Path(staging), Path(dest), Path(manifest)
+    new = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    if manifest.name in new:
+        raise ValueError(f"cannot publish {staging}: it holds a file named like the manifest {manifest.name}")
+    for rel in new:
+        target = dest / rel
+        for parent in reversed(target.relative_to(dest).parents[:-1]):
+            if (dest / parent).is_symlink() or ((dest / parent).exists() and not (dest / parent).is_dir()):
+                raise ValueError(f"cannot publish {rel} into {dest}: {dest / parent} is not a folder")
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise ValueError(f"cannot publish {rel} into {dest}: {target} exists and is not a plain file")
+    old = _published(manifest)
+    if old["swapping"]:
+        finish_publishing(dest, manifest)
+        old = _published(manifest)
+    write_json(manifest, {"files": old["files"], "swapping": {"from": staging.name, "files": new}})
+    return _swap(staging, dest, manifest, old["files"], new)
+
+
+def finish_publishing(dest, manifest) -> list[str]:
+    """Complete a publication into `dest` that was interrupted mid-swap (its journal is in `manifest`);
+    returns the files it moved in, [] when none was pending. Call it holding the lock on `dest`."""
+    dest, manifest = Path(dest), Path(manifest)
+    m = _published(manifest)
+    swap = m["swapping"]
+    if not swap:
+        return []
+    staging = dest / swap["from"]
+    if staging.is_dir():
+        moved = [rel for rel in swap["files"] if (staging / rel).is_file()]
+        _swap(staging, dest, manifest, m["files"], swap["files"])
+        return moved
+    # The staging folder is gone: every file of either set may be ours now.
+    write_json(manifest, {"files": sorted(set(m["files"]) | set(swap["files"])), "swapping": None})
+    return []

@@ -17,7 +17,24 @@ Writing (`ActivationStore.create(...)` -> StoreWriter):
   `overwrite=True`, and only if its directory holds nothing but the files its manifest lists; any
   other non-empty directory is refused (nothing of the user's is ever deleted).
 - uint8 arrays (images, labels, cnn_outputs) take only integer values in 0..255; float arrays take
-  finite values (and, for float16, values float16 can hold).
+  finite values (and, for float16, values float16 can hold: larger ones are refused).
+- float16 underflow: a nonzero value too small for float16 (|v| < 2**-25) is stored as 0. The writer
+  counts them per layer, records the count in the layer's manifest entry (`float16_underflow`) and
+  warns once per layer (StoreWarning, one line). It neither scales nor widens the layer: CompNN compares
+  patches by cosine similarity, which values 1e-8 below the layer's typical ones do not move; a layer
+  whose values are all that small is then visible in the record (and is degenerate for matching).
+- Space: before the arrays are created the free space is checked (os.statvfs), and each array file is
+  then reserved on disk (os.posix_fallocate), so a disk filling up mid-export fails at once with a
+  one-line StoreError naming the path and the bytes needed, instead of a SIGBUS at a memmap write.
+
+Reading: only regular files are opened (checked on a non-blocking descriptor: a FIFO named like a
+layer file is refused, never waited on), and each file's size must be exactly its header plus the
+manifest's shape. Whole arrays are numpy memmaps (the matcher reads them without a copy). Row reads
+through Python indexing (`store.images[i]`, `store.layer(name)[a:b]`) are served by pread and return
+plain arrays, so a file truncated by another process while the store is open gives a one-line
+StoreError instead of a SIGBUS; `layer()` and the array properties also check the size on each call.
+What is not covered: a truncation while the C++ matcher is already reading a whole memmap (compnn
+itself never truncates a published file: a store is replaced by renaming a new directory into place).
 - Absolute file-system paths are refused in `metadata`/`image_meta`: a store must not depend on, or
   disclose, where its sources lived. Readers record source files relative to the data root.
 
@@ -33,10 +50,14 @@ can still be written and `close()` retried, or `abort()` called).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import secrets
+import stat
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -56,6 +77,113 @@ _LAYER_DTYPES = ("float16", "float32")
 
 class StoreError(Exception):
     """A store is missing, incomplete, corrupt, of another format version, or cannot be written where asked."""
+
+
+class StoreWarning(UserWarning):
+    """Values were stored less exactly than given (float16 underflow)."""
+
+
+FLOAT16_TINY = 2.0 ** -25   # nonzero values below this in magnitude round to 0 in float16
+
+
+def _npy_bytes(entry: Mapping[str, Any]) -> int:
+    """Upper bound of an .npy file's size for a manifest entry (header at most 4 KiB)."""
+    return int(np.prod(entry["shape"])) * np.dtype(entry["dtype"]).itemsize + 4096
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate `size` bytes of file `path` on disk now, so later memmap writes cannot hit a full disk."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise StoreError(f"cannot write {path}: no space for its {size} bytes ({err.strerror})") from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+class StoreArray(np.memmap):
+    """A store file's memmap whose Python row indexing (`a[i]`, `a[i, ...]`, `a[a:b]`) reads with pread and
+    returns a plain array: a file truncated meanwhile gives StoreError, not SIGBUS. Everything else
+    (the buffer the matcher reads, numpy functions on the whole array) is the memmap itself."""
+
+    _store_fd: int | None = None
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        self._store_fd = None  # views and results of operations read through the memmap
+
+    def __getitem__(self, index):
+        fd = self._store_fd
+        if fd is None or self.ndim == 0:
+            return super().__getitem__(index)
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
+        n = self.shape[0]
+        if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+            i = int(first) + (n if int(first) < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {n}")
+            return self._rows(fd, i, i + 1)[0][rest] if rest else self._rows(fd, i, i + 1)[0]
+        if isinstance(first, slice) and first.step in (None, 1):
+            a, b, _ = first.indices(n)
+            rows = self._rows(fd, a, max(a, b))
+            return rows[(slice(None), *rest)] if rest else rows
+        return super().__getitem__(index)
+
+    def _rows(self, fd: int, a: int, b: int) -> np.ndarray:
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        want = (b - a) * row
+        buf = os.pread(fd, want, self.offset + a * row) if want else b""
+        if len(buf) < want:
+            raise StoreError(f"{self.filename}: the file was truncated while the store was open (rows {a}..{b - 1} "
+                             f"need {self.offset + b * row} bytes, it has {os.fstat(fd).st_size}); re-export it")
+        return np.frombuffer(buf, self.dtype).reshape((b - a, *self.shape[1:]))
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file (a FIFO or device is refused
+    without blocking: O_NONBLOCK, then fstat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"store file {path} is not a regular file (mode {stat.filemode(mode)}); re-export the store")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_array(path: Path) -> StoreArray:
+    """The .npy file at `path` as a read-only StoreArray, its size checked against its header."""
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = fp.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError("not a C-ordered numeric array")
+        expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = os.fstat(fd).st_size
+        if size != expected:
+            raise ValueError(f"has {size} bytes, its header says {expected}")
+        arr = np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape), offset=offset).view(StoreArray)
+    except BaseException:
+        os.close(fd)
+        raise
+    arr._store_fd = fd
+    weakref.finalize(arr, os.close, fd)
+    return arr
 
 
 def _shape(name: str, shape: Sequence[int] | None, ndim: Iterable[int]) -> tuple[int, ...] | None:
@@ -224,12 +352,20 @@ class StoreWriter:
         self._lock = lock
         self._arrays: dict[str, np.memmap] = {}
         self._written: dict[str, np.ndarray] = {}
+        self._underflow: dict[str, int] = {}
         n = manifest["n_images"]
+        if dest is not None:
+            needed = sum(_npy_bytes(e) for _, e in _entries(manifest))
+            fs = os.statvfs(pending)
+            if fs.f_bavail * fs.f_frsize < needed:
+                raise StoreError(f"cannot write the store {dest}: it needs {needed} bytes, "
+                                 f"{fs.f_bavail * fs.f_frsize} are free on the file system of {pending}")
         for key, entry in _entries(manifest):
             f = pending / entry["file"]
             if dest is not None:
                 self._arrays[key] = np.lib.format.open_memmap(
                     f, mode="w+", dtype=np.dtype(entry["dtype"]), shape=tuple(entry["shape"]))
+                _reserve(f, os.stat(f).st_size)
             else:
                 try:
                     arr = np.load(f, mmap_mode="r+")
@@ -270,6 +406,10 @@ class StoreWriter:
             if target.dtype == np.float16 and value.size and \
                     max(abs(float(value.max())), abs(float(value.min()))) > float(np.finfo(np.float16).max):
                 raise ValueError(f"{what} for row {i} overflows float16; create the store with dtype='float32'")
+            if target.dtype == np.float16 and value.dtype != np.float16 and value.size:
+                lost = int(np.count_nonzero((value != 0) & (np.abs(value) < FLOAT16_TINY)))
+                if lost:
+                    self._underflow[key] = self._underflow.get(key, 0) + lost
         target[i] = value
         self._written[key][i] = True
 
@@ -314,6 +454,8 @@ class StoreWriter:
             return None if self.attached else ActivationStore.open(self.path)
         for arr in self._arrays.values():
             arr.flush()
+        if self._underflow:
+            self._report_underflow()
         if self.attached:
             runs = {k: _runs(w) for k, w in self._written.items() if w.any()}
             if not self.pending.is_dir():
@@ -336,6 +478,18 @@ class StoreWriter:
         self._closed = True
         self._release()
         return ActivationStore.open(self.path)
+
+    def _report_underflow(self) -> None:
+        """Warn (one line per layer) and, for the creator, record the counts in the manifest."""
+        for key, lost in self._underflow.items():
+            name = key.removeprefix("layer:")
+            total = int(np.prod(self._manifest["layers"][name]["shape"])) if key.startswith("layer:") else 0
+            warnings.warn(f"store {self.path or self.pending}: layer {name!r}: {lost} of {total} values underflow "
+                          f"float16 (|v| < {FLOAT16_TINY:.1e}) and are stored as 0; create the store with "
+                          "dtype='float32' to keep them", StoreWarning, stacklevel=3)
+            if not self.attached and key.startswith("layer:"):
+                self._manifest["layers"][name]["float16_underflow"] = lost
+        self._underflow.clear()
 
     def abort(self) -> None:
         """Give up: an attached writer records nothing; the creator deletes its pending directory."""
@@ -480,7 +634,7 @@ class ActivationStore:
     def _check(self, key: str, entry: Mapping[str, Any]) -> None:
         f = self.path / entry["file"]
         try:
-            arr = np.load(f, mmap_mode="r")
+            arr = _open_array(f)
         except FileNotFoundError:
             raise StoreError(f"store {self.path}: file {f.name} listed in the manifest is missing") from None
         except (OSError, ValueError, EOFError) as e:
@@ -506,7 +660,19 @@ class ActivationStore:
     def layer(self, name: str) -> np.memmap:
         if name not in self._manifest["layers"]:
             raise KeyError(f"layer {name!r} is not in store {self.path}; it has {self.layer_names}")
-        return self._cache["layer:" + name]
+        return self._valid("layer:" + name)
+
+    def _valid(self, key: str) -> StoreArray:
+        """The cached array, after checking that its file still has the size it had at open()."""
+        arr = self._cache[key]
+        fd = getattr(arr, "_store_fd", None)
+        if fd is not None:
+            expected = arr.offset + arr.nbytes
+            size = os.fstat(fd).st_size
+            if size != expected:
+                raise StoreError(f"store {self.path}: {Path(arr.filename).name} changed size while the store was open "
+                                 f"({size} bytes, expected {expected}); re-export it")
+        return arr
 
     def layer_meta(self, name: str) -> dict[str, Any]:
         if name not in self._manifest["layers"]:
@@ -518,7 +684,7 @@ class ActivationStore:
     def _array(self, key: str) -> np.memmap:
         if key not in self._cache:
             raise KeyError(f"store {self.path} holds no {key}")
-        return self._cache[key]
+        return self._valid(key)
 
     @property
     def images(self) -> np.memmap:

@@ -232,8 +232,20 @@ def _data_json(queries: Sequence[QueryEntry], train: Mapping[int, TrainImage], c
             "x": q.x.astype(int).ravel().tolist(),
             "classes": None if q.classes is None else np.asarray(q.classes).astype(int).ravel().tolist()})
     data["train"] = {str(r): {"id": t.image_id, "pictures": t.pictures} for r, t in train.items()}
-    # "</" inside a <script> block would end it early.
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    return embed_json(data)
+
+
+_EMBED_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def embed_json(obj) -> str:
+    """JSON text safe inside a <script> element whatever its strings hold: `<`, `>` and `&` are written
+    as \\u escapes (so no `</script>`, `<!--` or `<script` can change how the HTML parser reads the
+    block), and so are U+2028/2029. JSON.parse returns the same strings."""
+    text = json.dumps(obj, separators=(",", ":"))
+    for ch, escape in _EMBED_ESCAPES.items():
+        text = text.replace(ch, escape)
+    return text
 
 
 def write_report(out_dir, *, title: str, sections: Sequence[tuple[str, str, str]], queries: Sequence[QueryEntry],

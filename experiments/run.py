@@ -26,7 +26,7 @@ from compnn_py import fsio
 from compnn_py.data import TASKS as TASK_SPECS, TaskSpec
 from experiments import checks, cli_help, tf_logs
 from experiments.errors import UserError
-from experiments.stages import Stage, config_hash, remove_stale_temporaries
+from experiments.stages import Stage, clean as clean_cache, config_hash, remove_stale_temporaries
 from experiments.steps import data as data_step
 from experiments.tasks import PRESETS, RunConfig, run_config
 
@@ -71,6 +71,8 @@ flags.DEFINE_string("query_split", None, "Split whose images are explained (defa
                     "has a non-empty one and a --data_dir is given, else val).")
 flags.DEFINE_list("stages", list(STAGES), f"Stages to run, any subset of {','.join(STAGES)}: the stages up "
                   "to the last one named run; the unnamed ones before it must be cached already.")
+flags.DEFINE_bool("clean", False, "Remove the cache folders of other configurations (stage folders no key "
+                  "of this invocation points to; only folders compnn wrote), say which, then run as usual.")
 flags.DEFINE_bool("force", False, "Redo the selected stages even when cached (each is rebuilt aside and "
                   "replaces the cached one only when it succeeded; training restarts from step 0).")
 flags.DEFINE_enum("match_method", "both", ["exact", "shortlist", "hierarchical", "both"], "Matcher for CompNN: "
@@ -148,6 +150,7 @@ class RunSettings:
     out_dir: Path                  # the run directory (caches under cache/, results at its top)
     stages: tuple[str, ...]        # the selected stages, in pipeline order
     force: bool                    # redo the selected stages even when cached
+    clean: bool                    # remove the stage folders of other configurations first (--clean)
     match_method: str              # exact, shortlist, hierarchical or both
     exact_queries: int | None      # with both: queries compared against exact search (None: the rule)
     threads: int | None            # matcher threads (None: every CPU); in no stage key
@@ -225,7 +228,7 @@ def settings() -> RunSettings:
     query_split = FLAGS.query_split or data_step.default_query_split(spec, data_dir)
     return RunSettings(cfg=cfg, spec=spec, data_dir=data_dir, checkpoint=checkpoint, out_dir=out_dir,
                        query_split=query_split, stages=tuple(s for s in STAGES if s in FLAGS.stages),
-                       force=FLAGS.force, match_method=FLAGS.match_method, exact_queries=FLAGS.exact_queries,
+                       force=FLAGS.force, clean=FLAGS.clean, match_method=FLAGS.match_method, exact_queries=FLAGS.exact_queries,
                        threads=FLAGS.threads, workers=FLAGS.workers, scheduler=FLAGS.scheduler,
                        verbose=FLAGS.verbose, network=network)
 
@@ -331,7 +334,12 @@ def run(s: RunSettings) -> list[tuple[str, Stage]]:
     cache = out_dir / "cache"
     with fsio.exclusive_lock(cache / ".lock", f"run directory {out_dir}"):
         remove_stale_temporaries(cache)
-        fsio.write_json(out_dir / "config.json", _print_configuration(s))
+        from experiments.steps import report as report_step  # no TensorFlow
+
+        report_step.recover(out_dir)
+        # config.json is written with the report (one set); every invocation's own record is here.
+        configuration = _print_configuration(s)
+        fsio.write_json(cache / "last-run.json", configuration)
         stamp = None
         if s.checkpoint:
             from experiments.steps import train as train_step
@@ -342,14 +350,25 @@ def run(s: RunSettings) -> list[tuple[str, Stage]]:
                              exact_queries=s.exact_queries, out_dir=out_dir, checkpoint_stamp=stamp)
         stages = {name: Stage(cache, name, keys[name], resumable=name == "train" and not s.checkpoint)
                   for name in STAGES}
+        for name in STAGES:  # a rebuilt input makes the stages that read it stale
+            stages[name].inputs = [stages[up] for up in UPSTREAM[name]]
+        if s.clean:
+            _clean(cache, stages)
         if stages["data"].done():  # known before anything runs; else checked right after the data stage
             _check_shortlist(s, stages["data"])
         todo = plan(s, stages)
         for name in STAGES[:STAGES.index(s.stages[-1]) + 1]:
             if name not in todo:
                 stages[name].state = "cached" if stages[name].record() else "not needed"
-        _run_stages(s, stages, todo)
+        _run_stages(s, stages, todo, configuration)
         return [(name, stages[name]) for name in STAGES]
+
+
+def _clean(cache: Path, stages: dict[str, Stage]) -> None:
+    removed, unknown = clean_cache(cache, [st.dir for st in stages.values()])
+    print(f"--clean: removed {len(removed)} cache folder(s) of other configurations"
+          + "".join(f"\n  removed {d}" for d in removed)
+          + "".join(f"\n  kept {d} (no complete stage record: not known to be compnn's)" for d in unknown))
 
 
 def _check_shortlist(s: RunSettings, data: Stage) -> None:
@@ -366,7 +385,7 @@ def _engine(s: RunSettings) -> dict[str, Any]:
     return {"engine": distributed.engine(workers=s.workers, scheduler=s.scheduler, threads=s.threads)}
 
 
-def _run_stages(s: RunSettings, stages: dict[str, Stage], todo: list[str]) -> None:
+def _run_stages(s: RunSettings, stages: dict[str, Stage], todo: list[str], configuration: dict[str, Any]) -> None:
     if not todo:
         return
     # Imported here, not at the top: a cached run needs none of them. They import TensorFlow only
@@ -400,7 +419,8 @@ def _run_stages(s: RunSettings, stages: dict[str, Stage], todo: list[str]) -> No
                                 "to train again from step 0")
             if not s.force and reached:
                 logging.info("train: resuming at step %d of %d", reached, target["steps"])
-            train.run(lambda d: train_step.train_model(d, cfg, spec, data.dir), force=s.force, target=target)
+            train.run(lambda d: train_step.train_model(d, cfg, spec, data.dir), force=s.force, target=target,
+                      resumes_from=train_step.has_checkpoint)
     engine = _engine(s) if any(n in todo for n in ("export", "compnn", "analyses")) else {}
     try:
         go("export", lambda d: export_step.export_stores(d, cfg, spec, data.dir, model_dir, **engine))
@@ -415,10 +435,9 @@ def _run_stages(s: RunSettings, stages: dict[str, Stage], todo: list[str]) -> No
                for name, st in stages.items() if name != "report"]
 
     def write_report(d):
-        report_step.write_outputs(d, out_dir, cfg, spec, s.data_dir, export.dir, compnn.dir, analyses.dir,
-                                  timings, train_dir=train.dir)
-        # The user-facing files are outputs of this stage too: deleting one makes the report run again.
-        return [out_dir / f for f in PUBLISHED if (out_dir / f).exists()]
+        # The user-facing files are outputs of this stage too: changing one makes the report run again.
+        return report_step.write_outputs(d, out_dir, cfg, spec, s.data_dir, export.dir, compnn.dir, analyses.dir,
+                                         timings, train_dir=train.dir, configuration=configuration)
 
     go("report", write_report)
 

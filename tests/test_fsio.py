@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,71 @@ def test_publish_refuses_files_and_symlinks(tmp_path):
     with pytest.raises(ValueError, match="symbolic link"):
         publish_dir(tmp, tmp_path / "link")
     assert (tmp_path / "file").read_text() == "x" and (tmp_path / "real").is_dir()
+
+
+# ---- publishing a set of files -----------------------------------------------------------------------
+
+def _staged(root, files):
+    staging = temp_sibling(root / "site")
+    for rel, text in files.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_text(text)
+    return staging
+
+
+def test_publish_files_swaps_the_set_and_removes_only_its_own_old_files(tmp_path):
+    from compnn_py.fsio import publish_files
+
+    dest, manifest = tmp_path / "run", tmp_path / "run" / ".published.json"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("the user's")
+    publish_files(_staged(dest, {"a.txt": "1", "panels/0.png": "p0", "panels/1.png": "p1"}), dest, manifest)
+    (dest / "panels" / "mine.png").write_text("the user's too")
+    published = publish_files(_staged(dest, {"a.txt": "2", "panels/0.png": "q0"}), dest, manifest)
+    assert sorted(p.relative_to(dest).as_posix() for p in published) == ["a.txt", "panels/0.png"]
+    assert (dest / "a.txt").read_text() == "2" and (dest / "panels" / "0.png").read_text() == "q0"
+    assert not (dest / "panels" / "1.png").exists()                      # ours, not in the new set
+    assert (dest / "notes.txt").read_text() == "the user's"              # never ours
+    assert (dest / "panels" / "mine.png").read_text() == "the user's too"
+    assert json.loads(manifest.read_text()) == {"files": ["a.txt", "panels/0.png"], "swapping": None}
+    assert not list(dest.glob(".site.tmp-*"))
+    publish_files(_staged(dest, {"a.txt": "3"}), dest, manifest)
+    assert (dest / "panels").is_dir()  # still holds the user's file
+
+
+def test_publish_files_refuses_a_folder_where_a_file_goes_before_moving_anything(tmp_path):
+    from compnn_py.fsio import publish_files
+
+    dest = tmp_path / "run"
+    (dest / "b.txt").mkdir(parents=True)
+    staging = _staged(dest, {"a.txt": "1", "b.txt": "2"})
+    with pytest.raises(ValueError, match="b.txt exists and is not a plain file"):
+        publish_files(staging, dest, dest / ".published.json")
+    assert not (dest / "a.txt").exists() and (staging / "a.txt").exists()
+
+
+def test_an_interrupted_swap_is_completed_by_the_next_caller(tmp_path, monkeypatch):
+    from compnn_py import fsio
+
+    dest, manifest = tmp_path / "run", tmp_path / "run" / ".published.json"
+    dest.mkdir()
+    fsio.publish_files(_staged(dest, {"a.txt": "old", "b.txt": "old", "gone.txt": "old"}), dest, manifest)
+    real, moved = os.replace, []
+
+    def crash_after_one(src, dst):  # the journal's own atomic writes pass; the second file move is killed
+        if Path(dst).name.endswith(".txt"):
+            if moved:
+                raise KeyboardInterrupt
+            moved.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(fsio.os, "replace", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        fsio.publish_files(_staged(dest, {"a.txt": "new", "b.txt": "new"}), dest, manifest)
+    monkeypatch.undo()
+    assert (dest / "a.txt").read_text() == "new" and (dest / "b.txt").read_text() == "old"  # half swapped
+    assert fsio.finish_publishing(dest, manifest) == ["b.txt"]
+    assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text() == "new"
+    assert not (dest / "gone.txt").exists() and not list(dest.glob(".site.tmp-*"))
+    assert json.loads(manifest.read_text())["files"] == ["a.txt", "b.txt"]
+    assert fsio.finish_publishing(dest, manifest) == []

@@ -57,6 +57,7 @@ TABLE = {
     "out_dir": (["--out_dir={tmp}/elsewhere"], {"report"}),
     "stages": (["--stages=data,train"], set()),
     "force": (["--force"], set()),
+    "clean": (["--clean"], set()),
     "threads": (["--threads=1"], set()),
     "workers": (["--workers=2"], set()),
     "scheduler": (["--scheduler=tcp://127.0.0.1:8786"], set()),
@@ -283,3 +284,143 @@ def test_metrics_json_is_strict_json(base_run):
 
     strict((base_run / "metrics.json").read_text())
     strict((base_run / "config.json").read_text())
+
+
+# ---- the run directory is one consistent set; records catch damage; --clean ------------------------
+
+TOP = ("report.html", "metrics.json", "table1.csv", "table1.md", "config.json")
+
+
+def _top(out):
+    return {f: (out / f).read_bytes() for f in TOP if (out / f).exists()}
+
+
+def test_a_partial_run_leaves_the_top_level_files_alone(base_run):
+    rc, err, _ = _drive(base_run)
+    assert rc == 0, err
+    before = _top(base_run)
+    assert set(before) == set(TOP)
+    rc, err, states = _drive(base_run, "--stages=data", "--shortlist=5")
+    assert rc == 0, err
+    assert _top(base_run) == before  # config.json still describes the report beside it
+    assert json.loads((base_run / "cache" / "last-run.json").read_text())["shortlist"] == 5
+
+
+def test_the_report_names_no_absolute_path(base_run):
+    for f in ("report.html", "config.json", "metrics.json"):
+        assert str(base_run) not in (base_run / f).read_text(), f
+    assert json.loads((base_run / "config.json").read_text())["out_dir"] == "."
+
+
+def test_a_report_failing_part_way_leaves_the_previous_set(base_run, monkeypatch):
+    rc, err, _ = _drive(base_run)
+    assert rc == 0, err
+    before = _top(base_run)
+    panels = sorted(p.name for p in (base_run / "panels").iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("page writer crashed")
+
+    monkeypatch.setattr(run.report_step.report_page, "write_report", broken)
+    rc, err, states = _drive(base_run, "--shortlist=3")  # new metrics and tables, then the page fails
+    assert rc == 1 and "page writer crashed" in err
+    assert _top(base_run) == before
+    assert sorted(p.name for p in (base_run / "panels").iterdir()) == panels
+    assert not list(base_run.glob(".compnn-report.tmp-*"))
+    monkeypatch.undo()
+    rc, err, states = _drive(base_run, "--shortlist=3")
+    assert rc == 0, err and states["report"] == "ran"
+    after = _top(base_run)
+    assert all(after[f] != before[f] for f in ("config.json", "metrics.json"))
+    assert json.loads(after["config.json"])["shortlist"] == 3
+
+
+def test_published_files_are_checked_by_content(base_run):
+    """Two configurations whose top-level files have the same sizes: the cached report of the first is
+    not taken for the files the second one published."""
+    rc, err, _ = _drive(base_run, "--shortlist=3")
+    assert rc == 0, err
+    shortlist3 = _top(base_run)
+    rc, err, states = _drive(base_run, "--shortlist=2")
+    assert rc == 0, err
+    rc, err, states = _drive(base_run, "--shortlist=3")  # compnn/analyses cached; the files are not its
+    assert rc == 0, err and states["report"] == "ran"
+    assert json.loads((base_run / "config.json").read_text())["shortlist"] == 3
+    assert _top(base_run)["table1.csv"] == shortlist3["table1.csv"]
+
+
+def test_a_forced_upstream_stage_makes_the_later_stages_stale(base_run):
+    rc, err, states = _drive(base_run)
+    assert rc == 0, err and set(states.values()) == {"cached"}
+    rc, err, states = _drive(base_run, "--force", "--stages=train")
+    assert rc == 0, err and _ran(states) == {"train"}
+    rc, err, states = _drive(base_run)
+    assert rc == 0, err
+    assert _ran(states) == AFTER_TRAIN and states["train"] == "cached"
+
+
+def test_a_same_size_change_in_a_cached_store_rebuilds_it(base_run):
+    rc, err, states = _drive(base_run)
+    assert rc == 0, err and set(states.values()) == {"cached"}
+    layer = next(p for p in DIRS["export"].rglob("*.npy") if p.stat().st_size > 4096)
+    data = bytearray(layer.read_bytes())
+    data[-7] ^= 0x10  # one bit of one activation: same size, still a valid store
+    layer.write_bytes(bytes(data))
+    rc, err, states = _drive(base_run)
+    assert rc == 0, err
+    assert states["export"] == "ran" and _ran(states) == {"export", "compnn", "analyses", "report"}
+    assert layer.read_bytes() != bytes(data)  # the rebuilt store, not the damaged one
+
+
+def test_a_malformed_record_or_corrupt_stage_json_reruns_the_stage(base_run, caplog):
+    rc, err, _ = _drive(base_run)
+    assert rc == 0, err
+    done = DIRS["compnn"] / "DONE.json"
+    record = json.loads(done.read_text())
+    done.write_text(json.dumps(dict(record, files="sources.npy")))
+    with caplog.at_level(logging.WARNING):
+        rc, err, states = _drive(base_run, "--verbosity=0")
+    assert rc == 0, err
+    assert "compnn" in _ran(states) and f"{done}: malformed record" in caplog.text
+    train_json = DIRS["data"] / "train.json"
+    train_json.write_text("{" + " " * (len(train_json.read_bytes()) - 1))  # same size, not JSON
+    rc, err, states = _drive(base_run)
+    assert rc == 0, err and states["data"] == "ran"
+    json.loads(train_json.read_text())
+
+
+def test_a_training_restarted_from_step_0_is_not_called_resumed(tmp_path):
+    rc, err, states = _drive(tmp_path, "--stages=data,train", "--steps=6")
+    assert rc == 0, err
+    train_dir = DIRS["train"]
+    # An interrupted first training that saved no checkpoint yet: its directory, no record, no checkpoint.
+    (train_dir / "DONE.json").unlink()
+    for p in sorted((train_dir / "checkpoints").iterdir()):
+        p.unlink()
+    rc, err, states = _drive(tmp_path, "--stages=data,train", "--steps=6")
+    assert rc == 0, err
+    assert states["train"] == "ran"
+
+
+def test_clean_removes_only_stage_folders_of_other_configurations(base_run):
+    rc, err, _ = _drive(base_run, "--shortlist=3")
+    assert rc == 0, err
+    other = dict(DIRS)
+    cache = base_run / "cache"
+    mine = cache / "my-notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("a user's file")
+    lookalike = cache / "export-0123456789"  # named like a stage, but no record of that key
+    lookalike.mkdir()
+    (lookalike / "DONE.json").write_text(json.dumps({"config": {"x": 1}, "files": {}}))
+    stdout = io.StringIO()
+    _parse(*BASE, f"--out_dir={base_run}", "--clean")
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        assert run.main(["run"]) == 0
+    out = stdout.getvalue()
+    for name in ("compnn", "analyses", "report"):
+        assert not other[name].exists() and f"removed {other[name]}" in out
+    assert (mine / "keep.txt").read_text() == "a user's file" and lookalike.is_dir()
+    assert f"kept {lookalike}" in out and "my-notes" not in out
+    rc, err, states = _drive(base_run)  # the current configuration's folders were kept
+    assert rc == 0, err and set(states.values()) == {"cached"}

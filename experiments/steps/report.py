@@ -1,5 +1,11 @@
-"""The report stage: table1.csv/md, metrics.json, panels/ and figures/ PNGs, and the self-contained
-report.html in the run directory.
+"""The report stage: table1.csv/md, metrics.json, config.json, panels/ and figures/ PNGs, and the
+self-contained report.html in the run directory.
+
+The run directory's top-level files are one set: they are all built aside, in a staging folder
+`.compnn-report.tmp-*` inside the run directory, and swapped in together when complete
+(compnn_py.fsio.publish_files); files of the previous set that the new one lacks are removed, and
+only those (the set is listed in `.compnn-published.json`). A failure while building leaves the
+previous set as it was; a crash mid-swap is completed by `recover` at the next run.
 
 metrics.json is the compnn stage's summary with per-class IoU keyed by class name, plus the analyses'
 numbers, the stage timings and whether the data was synthetic. report.html explains every number it
@@ -10,6 +16,7 @@ has them, what the matcher comparison measures) and embeds every picture, so it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from compnn_py import figures
+from compnn_py import figures, fsio
 from compnn_py.fsio import write_json
 from experiments import paper_numbers, report_page
 from experiments.report_page import Raw, esc
@@ -521,7 +528,7 @@ def _export_html(exp: dict) -> str:
     return html
 
 
-def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:
+def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:  # out_dir: the staging folder
     html = []
     conf = _read_json(out_dir / "config.json")
     src = "config.json in the run directory" if conf else "the run configuration"
@@ -539,9 +546,54 @@ def _run_section(cfg, out_dir: Path, export_dir: Path, timings) -> str:
 
 # ---- the stage ------------------------------------------------------------------------------------
 
+STAGING = "compnn-report"                 # staging folders: .compnn-report.tmp-<pid>-<random>
+MANIFEST = ".compnn-published.json"       # the files of the run directory's current set
+ROLES = ("out_dir", "data_dir", "checkpoint")
+
+
+def portable_configuration(configuration: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The configuration with the run directory, data directory and checkpoint written relative to
+    the run directory (config.json and the report name no absolute path of this machine)."""
+    conf = dict(configuration)
+    for key in ROLES:
+        v = conf.get(key)
+        if isinstance(v, (str, os.PathLike)) and os.path.isabs(v):
+            conf[key] = os.path.relpath(v, out_dir)
+    return conf
+
+
+def recover(out_dir: Path) -> None:
+    """Completes a swap of the top-level files that a crash interrupted, and removes staging folders
+    of killed runs. Call it holding the run directory's lock."""
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST).exists():
+        fsio.finish_publishing(out_dir, out_dir / MANIFEST)
+    for tmp in out_dir.glob(f".{STAGING}.tmp-*"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_outputs(d: Path, out_dir: Path, cfg, spec, data_dir, export_dir: Path, compnn_dir: Path,
-                  analyses_dir: Path, timings, *, train_dir: Path | None = None) -> None:
-    out_dir, export_dir = Path(out_dir), Path(export_dir)
+                  analyses_dir: Path, timings, *, train_dir: Path | None = None,
+                  configuration: dict[str, Any] | None = None) -> list[Path]:
+    """Builds the run directory's top-level files aside and swaps them in together; returns their
+    paths. `configuration` (the driver's resolved settings) becomes config.json."""
+    out_dir = Path(out_dir)
+    site = fsio.temp_sibling(out_dir / STAGING)
+    try:
+        if configuration is not None:
+            write_json(site / "config.json", portable_configuration(configuration, out_dir))
+        _build(site, cfg, spec, data_dir, Path(export_dir), Path(compnn_dir), Path(analyses_dir), timings,
+               train_dir=train_dir)
+    except BaseException:
+        shutil.rmtree(site, ignore_errors=True)  # our own staging folder; nothing was published
+        raise
+    return fsio.publish_files(site, out_dir, out_dir / MANIFEST)
+
+
+def _build(out_dir: Path, cfg, spec, data_dir, export_dir: Path, compnn_dir: Path, analyses_dir: Path, timings,
+           *, train_dir: Path | None) -> None:
+    """Writes every top-level file into `out_dir` (the staging folder)."""
     db, query = open_stores(export_dir)
     palette = figures.palette_of(db) if spec.num_classes else None
     is_labels = np.asarray(query.cnn_outputs[:1]).ndim == 3   # (1, H, W) ids, not (1, H, W, 3) RGB

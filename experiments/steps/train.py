@@ -41,6 +41,13 @@ def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) 
     fsio.write_json(d / tft.CONFIG, dict(tft.load_config(d), task=cfg.task))
 
 
+def has_checkpoint(d: Path) -> bool:
+    """Whether a training directory holds a checkpoint to continue from (else training starts at step 0)."""
+    from tf_models import train as tft
+
+    return (Path(d) / tft.CKPT_DIR / "checkpoint").is_file()
+
+
 def network_options(cfg) -> dict:
     """The RunConfig fields that describe a network compnn did not build (None when not set)."""
     return {"match_layers": cfg.match_layers, "decode2": cfg.decode2, "kernel": cfg.kernel}
