@@ -424,3 +424,19 @@ def test_clean_removes_only_stage_folders_of_other_configurations(base_run):
     assert f"kept {lookalike}" in out and "my-notes" not in out
     rc, err, states = _drive(base_run)  # the current configuration's folders were kept
     assert rc == 0, err and set(states.values()) == {"cached"}
+
+
+def test_a_corrupt_training_config_or_split_list_is_named(tmp_path):
+    from compnn_py import fsio
+
+    rc, err, states = _drive(tmp_path, "--stages=data,train", "--steps=6")
+    assert rc == 0, err
+    config = DIRS["train"] / "config.json"
+    (DIRS["train"] / "DONE.json").unlink()  # an interrupted training: continued in place, from its files
+    config.write_text("{not json")
+    rc, err, _ = _drive(tmp_path, "--stages=data,train", "--steps=6")
+    assert rc == 2 and str(config) in err and len(err.strip().splitlines()) == 1, err
+    split = DIRS["data"] / "train.json"
+    split.write_text("[")
+    with pytest.raises(fsio.CorruptFile, match=f"{split}: corrupt train split list"):
+        run.data_step.count(DIRS["data"], "train")

@@ -133,7 +133,10 @@ def _prepare_run(run_dir, config, resume):
     if path.exists():
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a run; pass resume=True or use a new run_dir")
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: corrupt training config ({err}); delete {run_dir} to train afresh") from None
         for key in ("arch", "builder", "seed", "batch_size"):
             if old.get(key) != config[key]:
                 raise ValueError(f"cannot resume {run_dir}: its {key} is {old.get(key)!r}, "

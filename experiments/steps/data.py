@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from compnn_py import fsio
 from compnn_py.data import Split, has_split, load_split
 
 
@@ -65,12 +66,21 @@ def prepare_data(d: Path, cfg, spec, data_dir: Path | None, query_split: str) ->
                      f" ({info['sample']} of {info['of']})" if info.get("of") else "")
 
 
+def _info(d: Path, name: str) -> dict:
+    """The split's ids and meta, as the data stage wrote them; a damaged file is named (CorruptFile)."""
+    info = fsio.read_json(d / f"{name}.json", f"{name} split list of the data stage", hint="rerun with --force")
+    if not isinstance(info, dict) or not isinstance(info.get("ids"), list):
+        raise fsio.CorruptFile(f"{d / f'{name}.json'}: corrupt {name} split list of the data stage (no ids); "
+                               "rerun with --force")
+    return info
+
+
 def load_data(d: Path, name: str, spec) -> Split:
-    info = json.loads((d / f"{name}.json").read_text())
+    info = _info(d, name)
     return Split(np.load(d / f"{name}_inputs.npy"), np.load(d / f"{name}_targets.npy"), info["ids"],
                  info["meta"], spec)
 
 
 def count(d: Path, name: str) -> int:
     """Images in a saved split, without loading it."""
-    return len(json.loads((d / f"{name}.json").read_text())["ids"])
+    return len(_info(d, name)["ids"])
