@@ -128,7 +128,8 @@ def test_the_driver_stops_before_any_stage(tmp_path, network):
                           "--shortlist=2", f"--checkpoint={network}", f"--out_dir={out}", f"--match_layers={LAYERS}",
                           "--stages=data,train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    conf = json.loads((out / "config.json").read_text())
+    assert not (out / "config.json").exists()  # a partial run records itself under cache/, not beside a report
+    conf = json.loads((out / "cache" / "last-run.json").read_text())
     assert conf["size"] == [32, 32] and conf["network"]["parameters"] == build_network().count_params()
     assert not {"steps", "epochs", "ngf", "model", "batch_size"} & set(conf)
     assert np.load(next((out / "cache").glob("data-*")) / "train_inputs.npy").shape == (4, 32, 32, 3)

@@ -32,7 +32,7 @@ def test_a_hostile_name_round_trips_through_the_embedded_json(tmp_path):
     assert data["class_names"] == [HOSTILE]
     assert data["train"]["0"]["id"] == HOSTILE + "-train"
     # The page's own script follows the data block, intact.
-    assert page.count("<script") == 2 and page.rstrip().endswith("</script></body></html>")
+    assert page.count("<script") == 2 and re.search(r"</script>\s*</body>\s*</html>\s*$", page)
 
 
 def test_embed_json_escapes_exactly_the_dangerous_characters():
