@@ -20,9 +20,10 @@ Writing (`ActivationStore.create(...)` -> StoreWriter):
   finite values (and, for float16, values float16 can hold: larger ones are refused).
 - float16 underflow: a nonzero value too small for float16 (|v| < 2**-25) is stored as 0. The writer
   counts them per layer, records the count in the layer's manifest entry (`float16_underflow`) and
-  warns once per layer (StoreWarning, one line). It neither scales nor widens the layer: CompNN compares
-  patches by cosine similarity, which values 1e-8 below the layer's typical ones do not move; a layer
-  whose values are all that small is then visible in the record (and is degenerate for matching).
+  warns once per layer (StoreWarning, one line; an attached writer only warns, in its own process).
+  It neither scales nor widens the layer: CompNN compares patches by cosine similarity, which values
+  1e-8 below the layer's typical ones do not move; a layer whose values are all that small is then
+  visible in the record (and is degenerate for matching).
 - Space: before the arrays are created the free space is checked (os.statvfs), and each array file is
   then reserved on disk (os.posix_fallocate), so a disk filling up mid-export fails at once with a
   one-line StoreError naming the path and the bytes needed, instead of a SIGBUS at a memmap write.
