@@ -321,7 +321,9 @@ def test_a_report_failing_part_way_leaves_the_previous_set(base_run, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("page writer crashed")
 
-    monkeypatch.setattr(run.report_step.report_page, "write_report", broken)
+    from experiments import report_page
+
+    monkeypatch.setattr(report_page, "write_report", broken)
     rc, err, states = _drive(base_run, "--shortlist=3")  # new metrics and tables, then the page fails
     assert rc == 1 and "page writer crashed" in err
     assert _top(base_run) == before
