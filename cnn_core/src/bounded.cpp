@@ -21,14 +21,9 @@ constexpr int64_t kPilotBlocks = 4;
 
 int64_t cell_size(int64_t dims) { return dims <= 256 ? 4 : dims <= 1024 ? 8 : 16; }
 
-// Largest cosine between a unit vector at cosine `a` from the unit centroid and any unit vector within
-// angle acos(rho) of the centroid: cos(max(0, acos a - acos rho)). Increasing in a, decreasing in rho.
-double cone_bound(double a, double rho) {
-  a = std::min(1.0, a);
-  rho = std::max(-1.0, rho);
-  if (a >= rho) return 1.0;
-  return a * rho + std::sqrt(std::max(0.0, 1 - a * a)) * std::sqrt(std::max(0.0, 1 - rho * rho));
-}
+// The bound: a unit vector at cosine a from the unit centroid has cosine at most
+// cone_bound(a, rho) = cos(max(0, acos a - acos rho)) = (a >= rho ? 1 : a rho + sqrt(1-a^2) sqrt(1-rho^2))
+// with any unit vector within angle acos(rho) of the centroid; it increases with a and decreases with rho.
 
 struct Cell {
   int64_t row;            // store row
@@ -141,6 +136,17 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
     }
   });
 
+  // Per-cell bound terms as float arrays: rho = rho_lo, srho >= sqrt(1 - rho^2), floor = the least
+  // bound (0 + slack with a zero patch, +inf without a usable bound, else -inf).
+  std::vector<float> cell_rho(NC), cell_srho(NC), cell_floor(NC);
+  for (int64_t c = 0; c < NC; ++c) {
+    const double r = std::max(-1.0, static_cast<double>(cells[c].rho_lo));
+    cell_rho[c] = static_cast<float>(r);
+    cell_srho[c] = static_cast<float>(std::sqrt(std::max(0.0, 1 - r * r)) + 1e-6);
+    cell_floor[c] = cells[c].unbounded ? std::numeric_limits<float>::infinity()
+                                       : cells[c].has_zero ? slack : kNegInf;
+  }
+
   TopK top(H * W, k);
   std::vector<int64_t> sorted_rows = rows;
   std::sort(sorted_rows.begin(), sorted_rows.end());
@@ -172,22 +178,21 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
     }
     RowMat alpha(na, NC);
     gemm_nt(U.data(), na, D, centroids.data(), NC, D, D, alpha.data(), NC);
+    // ub = cone_bound(alpha + slack, rho_lo) + slack (above), in float over whole rows (vectorised): the float
+    // rounding here (a few ulps of values <= 1) is far inside the slack added to the result.
     std::vector<float> best(NC, kNegInf);
+    Eigen::Map<const Eigen::ArrayXf> rho(cell_rho.data(), NC), srho(cell_srho.data(), NC),
+        floor(cell_floor.data(), NC);
     for (int64_t i = 0; i < na; ++i) {
-      float* a = alpha.row(i).data();
-      const bool nan_q = std::isnan(qinv[qs[i]]);
-      for (int64_t c = 0; c < NC; ++c) {
-        const Cell& cl = cells[c];
-        float ub;
-        if (nan_q || cl.unbounded) {
-          ub = std::numeric_limits<float>::infinity();
-        } else {
-          ub = static_cast<float>(cone_bound(static_cast<double>(a[c]) + slack, cl.rho_lo) + slack);
-          if (cl.has_zero) ub = std::max(ub, slack);
-        }
-        a[c] = ub;
-        best[c] = std::max(best[c], ub);
+      Eigen::Map<Eigen::ArrayXf> ub(alpha.row(i).data(), NC);
+      if (std::isnan(qinv[qs[i]])) {
+        ub.setConstant(std::numeric_limits<float>::infinity());
+      } else {
+        const Eigen::ArrayXf a = (ub + slack).min(1.f);
+        ub = (a >= rho).select(Eigen::ArrayXf::Ones(NC), a * rho + (1.f - a.square()).max(0.f).sqrt() * srho) + slack;
+        ub = ub.max(floor);  // cells with a zero patch: similarity 0; cells without a bound: +inf
       }
+      for (int64_t c = 0; c < NC; ++c) best[c] = std::max(best[c], ub[c]);
     }
     std::vector<int64_t> order(NC);
     for (int64_t c = 0; c < NC; ++c) order[c] = c;
@@ -240,6 +245,12 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
           if (alpha(i, batch[j]) < top.threshold(qs[i])) continue;  // this query cannot gain here
           const int64_t q = qs[i], qy = q / W - y0, qx = q % W - x0;
           const float qi = qinv[q];
+          if (K == 1 && !std::isnan(qi) && !cl.unbounded) {  // a whole cell below the threshold: next
+            const float* pr = prod.data() + (qy * qpw + qx) * total + start[j];
+            float mx = kNegInf;
+            for (int64_t p = 0; p < n; ++p) mx = std::max(mx, pr[p] * blks[j].dinv[p]);
+            if (mx * qi + slack < top.threshold(q)) continue;
+          }
           for (int64_t p = 0; p < n; ++p) {
             const int64_t py = p / cl.w, px = p % cl.w;
             float acc = 0.f;

@@ -187,6 +187,62 @@ void test_patches() {
   CHECK(throws_naming("database:", [&] { cnn_core::patch_topk(qt, Tensor{d.data(), DType::F32, {N, H, W, C}}, {}, 4, 1, 2); }));
 }
 
+// Smooth maps (a running sum of noise along x and y), so neighbouring positions are alike.
+std::vector<float> smooth_maps(int64_t n, int64_t h, int64_t w, int64_t c, std::mt19937& rng) {
+  std::normal_distribution<float> g;
+  std::vector<float> v(n * h * w * c);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int64_t j = 0; j < c; ++j) {
+          float& o = v[((i * h + y) * w + x) * c + j];
+          o = 0.2f * g(rng) + (x ? v[((i * h + y) * w + x - 1) * c + j] : 0.f) * 0.5f +
+              (y ? v[((i * h + y - 1) * w + x) * c + j] : 0.f) * 0.5f;
+        }
+  return v;
+}
+
+// Canonical similarities: the shift-sum search, the flattened reference and the bound-pruned search
+// give bit-identical results (ties, zero patches, k > 1, any thread count), and progress is reported.
+void test_bounded() {
+  std::mt19937 rng(7);
+  for (int K : {1, 2, 4}) {
+    const int64_t H = 20, W = 24, C = 5, N = 4;
+    auto d = smooth_maps(N, H, W, C, rng);
+    std::copy(d.begin(), d.begin() + H * W * C, d.begin() + 2 * H * W * C);  // image 2 = image 0: ties
+    for (int64_t i = 0; i < 6 * W * C; ++i) d[3 * H * W * C + i] = 0.f;       // zero rows in image 3
+    std::vector<float> q(d.begin(), d.begin() + H * W * C);
+    for (int64_t i = 0; i < 3 * C; ++i) q[i] = 0.f;                          // zero query patches
+    Tensor qt{q.data(), DType::F32, {H, W, C}}, dt{d.data(), DType::F32, {N, H, W, C}};
+    for (int64_t k : {1, 3}) {
+      const auto a = cnn_core::patch_topk(qt, dt, {}, K, k, 2);
+      const auto f = cnn_core::patch_topk_flat(qt, dt, {}, K, k, 2);
+      CHECK(f.image == a.image && f.y == a.y && f.x == a.x && f.similarity == a.similarity);
+      for (int threads : {1, 3}) {
+        cnn_core::BoundStats st;
+        const auto b = cnn_core::bounded_patch_topk(qt, dt, {}, K, k, threads, {}, &st);
+        CHECK(b.image == a.image && b.y == a.y && b.x == a.x && b.similarity == a.similarity);
+        CHECK(st.pairs == H * W * N * H * W && st.pairs_scored <= st.pairs);
+      }
+      // the query is image 0: its exact copy in image 0 wins over the tie in image 2
+      for (int64_t i = 3 * k; i < H * W * k; i += k) CHECK(a.image[i] == 0 || a.similarity[i] == 0.f);
+    }
+  }
+  // Progress: (done, total) pairs, the last one complete.
+  const int64_t H = 16, W = 16, C = 3;
+  auto d = smooth_maps(3, H, W, C, rng);
+  Tensor qt{d.data(), DType::F32, {H, W, C}}, dt{d.data(), DType::F32, {3, H, W, C}};
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  {
+    cnn_core::ProgressScope scope([&](int64_t done, int64_t total) { seen.emplace_back(done, total); });
+    cnn_core::patch_topk(qt, dt, {}, 3, 1, 2);
+  }
+  CHECK(!seen.empty() && seen.back().first == seen.back().second && seen.back().second > 0);
+  const size_t n = seen.size();
+  cnn_core::patch_topk(qt, dt, {}, 3, 1, 2);  // the scope has ended: nothing more reported
+  CHECK(seen.size() == n);
+}
+
 // k above the sorted-list limit uses the heap: same results as the naive top-k, as small k's prefix,
 // and for any thread count.
 void test_large_k() {
@@ -379,7 +435,7 @@ int main() {
   const std::pair<const char*, std::function<void()>> tests[] = {
       {"half", test_half},         {"exact", test_exact},   {"patches", test_patches},
       {"large_k", test_large_k},   {"threads", test_threads}, {"cancel", test_cancel},
-      {"scale", test_scale_invariance}, {"checks", test_checks}};
+      {"scale", test_scale_invariance}, {"checks", test_checks}, {"bounded", test_bounded}};
   int passed = 0, failed = 0;
   for (const auto& [name, fn] : tests) {
     const int before = g_failed;

@@ -139,8 +139,9 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
          f"{fmt['output']['compnn']}, global "
          f"{fmt['output']['global']}).")
 
-    # Correspondence map (Fig. 11).
-    comp = compose.compnn(db, query, i, layer=ms["fine"], target="cnn_outputs", **kw)
+    # Correspondence map (Fig. 11): the reconstruction's matches, copied from the CNN outputs (the same
+    # search, not run twice).
+    comp = rec.compnn_output
     corr = compose.correspondence(comp, db, top=3)
     res["correspondence"] = {"n_sources": int(len(corr.rows)), "matching": method,
                              "top": [{"image_id": iid, "pixels": int(c)} for iid, c in zip(corr.image_ids[:3],
