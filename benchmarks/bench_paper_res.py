@@ -130,17 +130,16 @@ def run_shape(name: str, f: dict[str, np.ndarray], fraction: float, threads: int
     te = time.perf_counter() - t
     common = dict(kernel_fine=spec["K"], query_global=glob[0], db_global=glob[1:], shortlist=n,
                   kernel_coarse=spec["kc"], threads=threads)
+    # The band's own coarse rows, so that fine rows map onto coarse cells as in the whole map (the
+    # coarse prune reads them; the certified search only checks their shape).
+    qc = np.ascontiguousarray(coarse[0, cy0:cy1])
     st: dict = {}
     t = time.perf_counter()
-    fast = match.hierarchical(q, db, query_coarse=np.ascontiguousarray(coarse[0]), db_coarse=coarse[1:],
-                              prune="bounds", stats=st, **common)
+    fast = match.hierarchical(q, db, query_coarse=qc, db_coarse=coarse[1:], prune="bounds", stats=st, **common)
     tf_ = time.perf_counter() - t
-    # The coarse prune needs the band's own coarse rows, so that fine rows map onto coarse cells as in
-    # the whole map.
     t = time.perf_counter()
-    qc = np.ascontiguousarray(coarse[0, cy0:cy1])
     crs = match.hierarchical(q, db, query_coarse=qc, db_coarse=coarse[1:], prune="coarse", coarse_k=8, margin=1,
-                             **common) if (cy1 - cy0) <= rows else None
+                             **common)
     tc = time.perf_counter() - t
     for key, secs, res in (("exact_within_shortlist", te, ex), ("certified_bounds", tf_, fast),
                            ("paper_coarse_prune", tc, crs)):

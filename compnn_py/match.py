@@ -367,7 +367,9 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
     converted as in ``patches`` (float32/float16 C-contiguous in place, anything else copied).
     ``rows``, ``k``, ``threads``, ``progress`` as in ``patches``. ``stats``: a dict that, with
     ``prune="bounds"``, receives ``pairs`` (query x database positions), ``pairs_scored`` (those
-    compared exactly), ``pilot_fraction`` and ``used_bounds`` (False: plain exact search ran: the pilot blocks scored more than a fifth of their pairs).
+    compared exactly), ``pilot_fraction`` (of the pilot blocks' pairs scored before they decided) and
+    ``used_bounds`` (False: plain exact search ran, the pilot blocks scoring more than a fifth of their
+    pairs).
 
     Returns:
       ``Matches`` (H, W, k) on the fine grid; with ``prune="coarse"``, positions left with fewer than k

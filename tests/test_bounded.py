@@ -140,3 +140,12 @@ def test_query_indices():
         assert len(set(query_indices(30, n, "spread", 0).tolist())) == n
     with pytest.raises(ValueError, match="query sample"):
         query_indices(5, 2, "middle", 0)
+
+
+def test_global_shortlist_of_whole_large_maps_in_float16():
+    """A whole 360x480x64 map as the global descriptor (Table 1's Global Decode2 row at CamVid's size),
+    float16 rows: only the rows searched are converted, not a block of 2048 rows (90 GB, bad_alloc)."""
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((3, 360, 480, 64)).astype(np.float16)
+    best = match.global_shortlist(db[1], db, 2)
+    assert best.rows.tolist()[0] == 1 and best.similarity[0] == pytest.approx(1.0)

@@ -155,7 +155,10 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   std::vector<int64_t> scored(blocks, 0), active_pairs(blocks, 0);
 
   // One query block: bounds for every cell, then cells in bound order until none can help.
-  auto search_block = [&](int64_t b) {
+  // A pilot block stops as soon as it has scored more than kBoundsGiveUp of its pairs: the answer (plain
+  // exact search) is known by then, and its partial result is never used.
+  std::vector<char> gave_up(blocks, 0);
+  auto search_block = [&](int64_t b, bool pilot) {
     const int64_t y0 = (b / bx) * kQueryBlock, x0 = (b % bx) * kQueryBlock;
     const int64_t bh = std::min(kQueryBlock, H - y0), bw = std::min(kQueryBlock, W - x0), nq = bh * bw;
     std::vector<int64_t> qs;  // query positions that need a search (not all-zero)
@@ -224,6 +227,10 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
         if (need) batch.push_back(c);
       }
       if (batch.empty()) break;
+      if (pilot && scored[b] > kBoundsGiveUp * active_pairs[b]) {
+        gave_up[b] = 1;
+        return;
+      }
       batch_cap = std::min(kMaxBatchCells, batch_cap * 2);
       blks.resize(batch.size());
       int64_t total = 0;
@@ -276,11 +283,13 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   const int64_t npilot = std::min(kPilotBlocks, blocks);
   std::vector<int64_t> pilots(npilot);
   for (int64_t i = 0; i < npilot; ++i) pilots[i] = (2 * i + 1) * blocks / (2 * npilot);
-  parallel_units(npilot, workers_for(threads, npilot), cancel, [&](int64_t u, int) { search_block(pilots[u]); });
+  parallel_units(npilot, workers_for(threads, npilot), cancel,
+                 [&](int64_t u, int) { search_block(pilots[u], true); });
   int64_t ps = 0, pa = 0;
-  for (int64_t b : pilots) ps += scored[b], pa += active_pairs[b];
+  bool any_gave_up = false;
+  for (int64_t b : pilots) ps += scored[b], pa += active_pairs[b], any_gave_up |= gave_up[b] != 0;
   st.pilot_fraction = pa ? static_cast<double>(ps) / pa : 0.0;
-  if (st.pilot_fraction > kBoundsGiveUp) {
+  if (any_gave_up || st.pilot_fraction > kBoundsGiveUp) {
     st.pairs_scored = st.pairs;
     return patch_topk(query, database, rows, K, k, threads, cancel, names);
   }
@@ -288,7 +297,7 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   std::vector<char> is_pilot(blocks, 0);
   for (int64_t b : pilots) is_pilot[b] = 1;
   parallel_units(blocks, workers_for(threads, blocks), cancel, [&](int64_t b, int) {
-    if (!is_pilot[b]) search_block(b);
+    if (!is_pilot[b]) search_block(b, false);
   });
   for (int64_t b = 0; b < blocks; ++b) st.pairs_scored += scored[b];
   return to_matches(top, H, W, d.h, d.w);

@@ -221,7 +221,9 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
       for (int64_t j = 0; in_place && j < nm; ++j) in_place = dexp[m0 + j] == 0;
       const float* dptr = db32 + (contiguous ? (rows[0] + m0) * D : 0);
       if (!in_place) {
-        dm.resize(kDbBlock, D);
+        // Only the rows used: whole maps as global descriptors have D in the millions (360x480x64:
+        // 11M values), and kDbBlock of them would be 90 GB.
+        if (dm.rows() < nm) dm.resize(nm, D);
         for (int64_t j = 0; j < nm; ++j) {
           float* dst = dm.data() + j * D;
           load_f32(database, rows[m0 + j] * D, D, dst);

@@ -118,7 +118,8 @@ constexpr int64_t kNoCoarseStage = -1;
 enum class Prune { Bounds, Coarse };
 
 // What bounded_patch_topk did: database positions scored exactly per query position, out of all,
-// and whether the bounds were used at all (`pilot_fraction` above kBoundsGiveUp: plain exact search).
+// and whether the bounds were used at all (a pilot block that scores more than kBoundsGiveUp of its pairs
+// stops there, and the search is plain exact search; pilot_fraction: the pilots' scored fraction so far).
 struct BoundStats {
   int64_t pairs = 0, pairs_scored = 0;
   double pilot_fraction = 0;
