@@ -250,7 +250,7 @@ def stage_configs(cfg, *, data_dir, query_split, checkpoint, match_method, exact
         length = None
     else:
         keys["train"] = {"data": data, "model": cfg.model, "ngf": cfg.ngf, "batch_size": cfg.batch_size,
-                         "seed": cfg.seed}
+                         "seed": cfg.seed, "recipe": cfg.train_recipe()}
         length = {"steps": cfg.steps, "epochs": cfg.epochs}
     keys["export"] = {"data": data, "train": config_hash(keys["train"]), "length": length,
                       "layers": cfg.export_layers, "match_layers": cfg.match_layers, "decode2": cfg.decode2,

@@ -35,9 +35,33 @@ class RunConfig:
     match_layers: str | None = None  # a network compnn did not build: "global:NAME,coarse:NAME,fine:NAME"
     decode2: str | None = None      # ... its layer for Table 1's Global-Decode2 row (default: fine)
     kernel: int | None = None       # ... its fine patch size (default: read from the consuming conv)
+    recipe: str = "tutorial"        # SegNet's training recipe: a key of SEGNET_RECIPES
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def train_recipe(self) -> dict[str, Any]:
+        """The training options of SegNet's recipe that shape the network (the train stage's key reads
+        them, so a changed recipe trains a new network). A schedule that decays over the run makes
+        the length part of the network too; a constant rate lets a longer run continue the stage."""
+        if self.recipe not in SEGNET_RECIPES:
+            raise ValueError(f"no recipe {self.recipe!r}; recipes: {sorted(SEGNET_RECIPES)}")
+        options = dict(SEGNET_RECIPES[self.recipe])
+        if options.get("lr_schedule", "constant") != "constant":
+            options["length"] = {"steps": self.steps, "epochs": self.epochs}
+        return {"recipe": self.recipe, **options}
+
+
+# SegNet training recipes (tf_models.train.train_segnet options, besides length, batch and seed).
+# "tutorial": the SegNet-Tutorial solver (SGD at its base_lr, no augmentation, the tutorial's CamVid
+# class weights, the last checkpoint). "camvid": the recipe measured on real CamVid at 90x120 (README,
+# "Real CamVid"): median-frequency class weights from the training labels, flips + zoom-crops +
+# brightness, Adam with warmup and cosine decay, and the checkpoint with the best validation mIoU.
+SEGNET_RECIPES: dict[str, dict[str, Any]] = {
+    "tutorial": {},
+    "camvid": dict(class_weights="median_frequency", optimizer="adam", lr=1e-3, lr_schedule="cosine",
+                   warmup_epochs=1.0, weight_decay=5e-4, flip=True, zoom=1.25, brightness=0.2, keep="best_val"),
+}
 
 
 # Training settings of each family of networks (tf_models.registry: Architecture.trainer), by preset.
@@ -49,7 +73,7 @@ _FAMILIES: dict[tuple[str, str], dict[str, Any]] = {
 }
 # Real data with the quick preset: every image, at the largest size a CPU trains in minutes (SegNet:
 # quarter CamVid resolution).
-_REAL_QUICK = {"pix2pix": {}, "segnet": dict(size=(90, 120), epochs=10)}
+_REAL_QUICK = {"pix2pix": {}, "segnet": dict(size=(90, 120), epochs=50, recipe="camvid")}
 # Each task's own family of networks (the paper's), and its image counts with the quick preset.
 _TASKS = {"cityscapes": "pix2pix", "facades": "pix2pix", "facades_labels": "pix2pix", "maps": "pix2pix",
           "camvid": "segnet"}

@@ -89,7 +89,7 @@ def load_network(path, *, image_size=None, kind: str = "segmentation", expect: s
         model = train.load_model(path, expect=None if match_layers else expect)
         arch = registry.of_model(model)
         if bn_inputs is not None:
-            train.finish_training(model, arch, bn_inputs, batch_size=batch_size, progress=progress)
+            train.finish_training(model, arch, bn_inputs, batch_size=batch_size, progress=progress, run_dir=path)
     elif what == "keras":
         model = _remembered(("keras",), path, lambda: _load_keras(path))
         arch = _known(model)

@@ -116,18 +116,85 @@ def pix2pix_dataset(inputs, targets, *, batch_size=1, seed=0, jitter=True, start
     return ds.map(load, num_parallel_calls=2, deterministic=True).batch(batch_size).prefetch(2)
 
 
-def segnet_dataset(inputs, labels, *, batch_size=4, seed=0, start_step=0, num_steps):
-    """Shuffled (image float32 0..255, labels uint8) batches, as the tutorial's data layer (no jitter)."""
+def augment_pair(image, labels, seed, *, flip=True, zoom=1.0, brightness=0.0):
+    """One draw of SegNet's cheap augmentation for an (H, W, 3) float image and its (H, W) labels,
+    from a stateless ``seed`` (2 ints): a random zoom in by a factor in [1, ``zoom``] (the image
+    bilinear, the labels nearest-neighbour, then a random crop back to H x W), a left-right flip with
+    probability 1/2 (image and labels together), and a brightness/contrast change of up to
+    ``brightness`` (a fraction: x -> mean + c (x - mean) + b, clipped to 0..255; the labels keep)."""
+    seed = tf.cast(seed, tf.int64)
+    draw = lambda k, shape=(): tf.random.stateless_uniform(shape, seed + tf.constant([0, 1], tf.int64) * k)
+    h, w = image.shape[0], image.shape[1]
+    if zoom > 1.0:
+        s = 1.0 + (zoom - 1.0) * draw(1)
+        zh = tf.cast(tf.math.ceil(h * s), tf.int32)
+        zw = tf.cast(tf.math.ceil(w * s), tf.int32)
+        big = tf.image.resize(image, [zh, zw], method="bilinear")
+        lab = tf.image.resize(labels[..., None], [zh, zw], method="nearest")[..., 0]
+        oy = tf.cast(draw(2) * tf.cast(zh - h + 1, tf.float32), tf.int32)
+        ox = tf.cast(draw(3) * tf.cast(zw - w + 1, tf.float32), tf.int32)
+        image = tf.ensure_shape(big[oy: oy + h, ox: ox + w], [h, w, 3])
+        labels = tf.ensure_shape(lab[oy: oy + h, ox: ox + w], [h, w])
+    if flip:
+        f = draw(4) < 0.5
+        image = tf.cond(f, lambda: tf.reverse(image, [1]), lambda: image)
+        labels = tf.cond(f, lambda: tf.reverse(labels, [1]), lambda: labels)
+    if brightness > 0:
+        c = 1.0 + brightness * (2.0 * draw(5) - 1.0)
+        b = 255.0 * brightness * (2.0 * draw(6) - 1.0)
+        mean = tf.reduce_mean(image)
+        image = tf.clip_by_value(mean + c * (image - mean) + b, 0.0, 255.0)
+    return image, labels
+
+
+def segnet_dataset(inputs, labels, *, batch_size=4, seed=0, start_step=0, num_steps, flip=False, zoom=1.0,
+                   brightness=0.0):
+    """Shuffled (image float32 0..255, labels uint8) batches; with ``flip``/``zoom``/``brightness``
+    each sample is augmented (augment_pair) by draws keyed by (seed, sample number), so a resumed
+    run sees the batches an uninterrupted one would have seen. No augmentation: the tutorial's
+    data layer."""
     first, last = start_step * batch_size, (start_step + num_steps) * batch_size
     order = sample_order(len(inputs), last, seed)[first:]
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
     a, b = tf.constant(inputs), tf.constant(labels)
-    return ds.map(lambda i: (tf.cast(tf.gather(a, i), tf.float32), tf.gather(b, i))).prefetch(2)
+    if not (flip or zoom > 1.0 or brightness > 0):
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return ds.map(lambda i: (tf.cast(tf.gather(a, i), tf.float32), tf.gather(b, i))).prefetch(2)
+
+    def load(i, sample):
+        return augment_pair(tf.cast(tf.gather(a, i), tf.float32), tf.gather(b, i),
+                            tf.stack([tf.constant(seed, tf.int64), sample]), flip=flip, zoom=zoom,
+                            brightness=brightness)
+
+    ds = tf.data.Dataset.from_tensor_slices((order, np.arange(first, last, dtype=np.int64)))
+    return ds.map(load, num_parallel_calls=2, deterministic=True).batch(batch_size).prefetch(2)
+
+
+def median_frequency_weights(labels, num_classes, ignore=None):
+    """SegNet's class balancing (median frequency, Eigen & Fergus 2015): ``w_c = median(f) / f_c`` with
+    ``f_c`` = pixels of class c / all labelled (non-ignore) pixels of the images in which c appears.
+    ``labels`` uint8 (N, H, W). A class that never appears gets weight 0 and is left out of the median.
+    Returns (weights list, {"pixels": per-class counts, "frequency": f}) so a run can record both."""
+    ignore = segnet.IGNORE if ignore is None else ignore
+    labels = np.asarray(labels)
+    pixels = np.zeros(num_classes, np.int64)
+    present_total = np.zeros(num_classes, np.int64)
+    for img in labels.reshape(len(labels), -1):
+        counts = np.bincount(img[img != ignore], minlength=num_classes)[:num_classes]
+        pixels += counts
+        present_total[counts > 0] += int(counts.sum())
+    seen = pixels > 0
+    if not seen.any():
+        raise ValueError("labels hold no labelled pixel: cannot compute class frequencies")
+    freq = np.where(seen, pixels / np.maximum(present_total, 1), 0.0)
+    med = float(np.median(freq[seen]))
+    weights = np.where(seen, med / np.where(seen, freq, 1.0), 0.0)
+    return [float(w) for w in weights], {"pixels": pixels.tolist(), "frequency": freq.tolist()}
 
 
 # ---- run directory --------------------------------------------------------------------------------
-def _prepare_run(run_dir, config, resume):
-    """Writes config.json for a fresh run, or checks that a resumed run is the same experiment."""
+def _prepare_run(run_dir, config, resume, same=()):
+    """Writes config.json for a fresh run, or checks that a resumed run is the same experiment
+    (architecture, builder, seed, batch size and the ``same`` keys of ``config``)."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
     if path.exists():
@@ -137,7 +204,8 @@ def _prepare_run(run_dir, config, resume):
             old = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: corrupt training config ({err}); delete {run_dir} to train afresh") from None
-        for key in ("arch", "builder", "seed", "batch_size"):
+        # (A run written before a ``same`` key existed has none to compare.)
+        for key in ("arch", "builder", "seed", "batch_size", *(k for k in same if k in old)):
             if old.get(key) != config[key]:
                 raise ValueError(f"cannot resume {run_dir}: its {key} is {old.get(key)!r}, "
                                  f"this call asks for {config[key]!r}")
@@ -190,7 +258,10 @@ def _log_scalars(writer, prefix, values, step):
 
 
 def _set_seed(seed):
+    """Seeds Python, numpy and TensorFlow, and asks TensorFlow for deterministic kernels (process-wide),
+    so the same seed trains the same network on the same machine and thread count."""
     keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
 
 
 # ---- Pix2Pix ------------------------------------------------------------------------------------
@@ -260,7 +331,7 @@ def train_pix2pix(inputs, targets, run_dir, *, steps=None, epochs=None, seed=0, 
 
 
 def _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys, checkpoint_every,
-          checkpoint_secs, log_every, progress, desc, validate=None, val_every=None):
+          checkpoint_secs, log_every, progress, desc, validate=None, val_every=None, on_validate=None):
     """Runs the steps, logging mean losses and training steps/s (validation and checkpoint time
     excluded) every ``log_every`` steps, validating every ``val_every`` steps and at the end, and
     checkpointing every ``checkpoint_every`` steps or ``checkpoint_secs`` seconds of wall time."""
@@ -291,6 +362,8 @@ def _loop(data, train_step, ckpt, manager, run_dir, history, start, total, keys,
                 acc, count, busy = np.zeros(len(keys)), 0, 0.0
             if validate is not None and (step % val_every == 0 or step == total):
                 history["val"].append({"step": step, **validate()})
+                if on_validate is not None:
+                    on_validate(history["val"][-1])
                 _log_scalars(writer, "val", {k: v for k, v in history["val"][-1].items() if k != "step"}, step)
                 bar.write(f"{desc} step {step}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in history["val"][-1].items() if k != "step"))
@@ -344,18 +417,68 @@ def label_predictor(model, batch_size=8):
     return predict
 
 
+BEST_DIR = "best"          # the checkpoint with the best validation score (train_segnet(keep="best_val"))
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+KEEP = ("last", "best_val")
+BEST_KEY = "mean_iou"
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to ``lr`` over ``warmup`` steps, then a cosine decay to ``lr * floor`` at
+    ``total`` steps (a function of the optimizer's step count, so it resumes with the checkpoint)."""
+
+    def __init__(self, lr, total, warmup=0, floor=0.0):
+        self.lr, self.total, self.warmup, self.floor = float(lr), int(total), int(warmup), float(floor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.lr * (step + 1.0) / max(self.warmup, 1)
+        t = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        cos = self.lr * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(np.pi * t)))
+        return tf.where(step < self.warmup, warm, cos)
+
+    def get_config(self):
+        return dict(lr=self.lr, total=self.total, warmup=self.warmup, floor=self.floor)
+
+
+def _segnet_optimizer(optimizer, lr, schedule, total, warmup, momentum):
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    rate = lr if schedule == "constant" else WarmupCosine(lr, total, warmup=min(int(warmup), total))
+    if optimizer == "adam":
+        return keras.optimizers.Adam(rate)
+    return keras.optimizers.SGD(rate, momentum=momentum)
+
+
 def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes=11,
                  class_weights=segnet.CAMVID_CLASS_WEIGHTS, steps=None, epochs=None, batch_size=4,
-                 lr=None, momentum=0.9, weight_decay=5e-4, seed=0, bn_inference="moving",
-                 val_every=None, checkpoint_every=1000, checkpoint_secs=CHECKPOINT_SECS, log_every=20,
-                 resume=True, progress=True, jit_compile=False):
-    """Trains SegNet (``arch`` "basic" or "vgg16") with the class-weighted loss, SGD with momentum
-    and L2 weight decay on conv kernels (the tutorial's solver); ``lr`` defaults to its base_lr.
-    ``labels`` uint8 (N, H, W), 255 = ignore. With ``val=(images, labels)`` scores pixel accuracy,
-    mean class accuracy and mIoU (void ignored) every ``val_every`` steps (default: every epoch) and
-    at the end. Returns (model, history)."""
+                 lr=None, momentum=0.9, weight_decay=5e-4, optimizer="sgd", lr_schedule="constant",
+                 warmup_steps=0, flip=False, zoom=1.0, brightness=0.0, keep="last", seed=0,
+                 bn_inference="moving", val_every=None, checkpoint_every=1000,
+                 checkpoint_secs=CHECKPOINT_SECS, log_every=20, resume=True, progress=True,
+                 jit_compile=False):
+    """Trains SegNet (``arch`` "basic" or "vgg16") with the class-weighted loss and L2 weight decay
+    on conv kernels. Defaults are the tutorial's solver (SGD with momentum at its base_lr, constant
+    rate, no augmentation, the last checkpoint kept); ``optimizer="adam"``, ``lr_schedule="cosine"``
+    (linear warmup over ``warmup_steps``, cosine decay to 0 at the end), ``flip``/``zoom``/
+    ``brightness`` (augment_pair) and ``keep="best_val"`` (the checkpoint with the best validation
+    mIoU is kept in ``best/`` and is the network returned and loaded) form the camvid preset's
+    recipe. ``class_weights``: per-class loss weights, or "median_frequency" to compute them from
+    ``labels`` (median_frequency_weights; recorded in config.json). ``labels`` uint8 (N, H, W),
+    255 = ignore. With ``val=(images, labels)`` scores pixel accuracy, mean class accuracy and mIoU
+    (void ignored) every ``val_every`` steps (default: every epoch) and at the end.
+    Returns (model, history)."""
     if arch not in _SEGNET_BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_SEGNET_BUILDERS)}, got {arch!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    if keep == "best_val" and val is None:
+        raise ValueError('keep="best_val" needs val=(images, labels)')
+    if not (float(zoom) >= 1.0 and 0.0 <= float(brightness) < 1.0):
+        raise ValueError(f"zoom must be >= 1 and brightness in [0, 1), got {zoom!r}, {brightness!r}")
     _check_checkpointing(checkpoint_every, checkpoint_secs)
     inputs = _images(inputs, "inputs", 3)
     labels = _labels(labels, "labels", num_classes, inputs)
@@ -363,6 +486,11 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
         if len(val) != 2:
             raise ValueError("val must be a pair (images, labels) or None")
         val = (_images(val[0], "val[0]", 3), _labels(val[1], "val[1]", num_classes, val[0]))
+    balancing = None
+    if isinstance(class_weights, str):
+        if class_weights != "median_frequency":
+            raise ValueError(f'class_weights must be numbers or "median_frequency", got {class_weights!r}')
+        class_weights, balancing = median_frequency_weights(labels, num_classes)
     if len(class_weights) != num_classes or not np.all(np.isfinite(class_weights)):
         raise ValueError(f"class_weights must be {num_classes} finite numbers, got {class_weights!r}")
     total = _num_steps(steps, epochs, len(inputs), batch_size)
@@ -370,54 +498,168 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
     builder = dict(input_shape=[int(s) for s in inputs.shape[1:]], num_classes=int(num_classes),
                    bn_inference=bn_inference)
     config = dict(arch=f"segnet_{arch}", builder=builder, seed=int(seed), batch_size=int(batch_size),
-                  lr=lr, momentum=momentum, weight_decay=weight_decay,
+                  lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
+                  lr_schedule=lr_schedule, warmup_steps=int(warmup_steps),
+                  augment=dict(flip=bool(flip), zoom=float(zoom), brightness=float(brightness)), keep=keep,
                   class_weights=[float(w) for w in class_weights], steps=total)
-    run_dir = _prepare_run(run_dir, config, resume)
+    if balancing is not None:
+        config["class_balancing"] = dict(method="median_frequency", **balancing)
+    # A recipe run resumes only as the same recipe; a decaying schedule fixes the length as well.
+    same = ("optimizer", "lr_schedule", "augment", "keep", "class_weights")
+    run_dir = _prepare_run(run_dir, config, resume, same + (("steps",) if lr_schedule != "constant" else ()))
 
     _set_seed(seed)
     model = _SEGNET_BUILDERS[arch](**builder)
-    opt = keras.optimizers.SGD(lr, momentum=momentum)
+    opt = _segnet_optimizer(optimizer, lr, lr_schedule, total, warmup_steps, momentum)
     opt.build(model.trainable_variables)
     ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model, opt=opt)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / CKPT_DIR), max_to_keep=2)
+    best_ckpt = tf.train.Checkpoint(step=ckpt.step, model=model)
+    best_manager = tf.train.CheckpointManager(best_ckpt, str(run_dir / BEST_DIR), max_to_keep=1)
     start = _restore(ckpt, manager, resume, f"segnet_{arch}", total)
     history = _load_history(run_dir, start)
-    if start >= total:
-        return model, history
+    if start < total:
+        weights = [float(w) for w in class_weights]
+        variables = model.trainable_variables
+        decays = [weight_decay if v.name == "kernel" else 0.0 for v in variables]
 
-    weights = [float(w) for w in class_weights]
-    variables = model.trainable_variables
-    decays = [weight_decay if v.name == "kernel" else 0.0 for v in variables]
+        @tf.function(jit_compile=jit_compile)
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = segnet.weighted_cross_entropy(model(x, training=True), y, weights)
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients([(g + d * v, v) if d else (g, v) for g, v, d in zip(grads, variables, decays)])
+            return tf.stack([loss])
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            loss = segnet.weighted_cross_entropy(model(x, training=True), y, weights)
-        grads = tape.gradient(loss, variables)
-        opt.apply_gradients([(g + d * v, v) if d else (g, v) for g, v, d in zip(grads, variables, decays)])
-        return tf.stack([loss])
+        predict = label_predictor(model)
 
-    predict = label_predictor(model)
+        def validate():
+            pred = predict(val[0])
+            s = evaluate_segmentation(pred, val[1], num_classes)
+            return {k: s[k] for k in ("pixel_accuracy", "mean_class_accuracy", BEST_KEY)}
 
-    def validate():
-        pred = predict(val[0])
-        s = evaluate_segmentation(pred, val[1], num_classes)
-        return {k: s[k] for k in ("pixel_accuracy", "mean_class_accuracy", "mean_iou")}
+        def keep_best(entry):
+            # Ties keep the earlier network; the step is the checkpoint's number, so best/ names it.
+            if all(entry[BEST_KEY] > e[BEST_KEY] for e in history["val"][:-1]):
+                best_manager.save(checkpoint_number=int(entry["step"]))
 
-    data = segnet_dataset(inputs, labels, batch_size=batch_size, seed=seed, start_step=start,
-                          num_steps=total - start)
-    _loop(data, train_step, ckpt, manager, run_dir, history, start, total, ("loss",), checkpoint_every,
-          checkpoint_secs, log_every, progress, f"segnet_{arch}", validate=validate if val is not None else None,
-          val_every=int(val_every or max(1, len(inputs) // batch_size)))
+        data = segnet_dataset(inputs, labels, batch_size=batch_size, seed=seed, start_step=start,
+                              num_steps=total - start, flip=flip, zoom=zoom, brightness=brightness)
+        _loop(data, train_step, ckpt, manager, run_dir, history, start, total, ("loss",), checkpoint_every,
+              checkpoint_secs, log_every, progress, f"segnet_{arch}",
+              validate=validate if val is not None else None,
+              val_every=int(val_every or max(1, len(inputs) // batch_size)),
+              on_validate=keep_best if keep == "best_val" else None)
+    if keep == "best_val":
+        restore_best(model, run_dir)
+        history["best"] = best_entry(history)
     return model, history
 
 
+def best_entry(history):
+    """The validation entry with the best mIoU (the first of equals), or None without validation."""
+    best = None
+    for e in history.get("val", []):
+        if best is None or e[BEST_KEY] > best[BEST_KEY]:
+            best = e
+    return best
+
+
+def restore_best(model, run_dir):
+    """Restores the weights of ``run_dir``'s best-validation checkpoint into ``model``; returns its path."""
+    path = tf.train.latest_checkpoint(str(Path(run_dir) / BEST_DIR))
+    if path is None:
+        raise FileNotFoundError(f"no best-validation checkpoint in {Path(run_dir) / BEST_DIR}")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return path
+
+
 # ---- the finished network ---------------------------------------------------------------------------
-def finish_training(model, arch, inputs, *, batch_size=4, progress=True):
+FINISHED_BN = "bn_statistics.npz"  # a run directory's recomputed BN statistics (finish_training)
+
+
+def network_checkpoint(run_dir):
+    """The checkpoint that holds ``run_dir``'s network: the best-validation one for a run trained with
+    keep="best_val", else the latest. FileNotFoundError when there is none."""
+    run_dir = Path(run_dir)
+    keep = load_config(run_dir).get("keep", "last")
+    where = run_dir / (BEST_DIR if keep == "best_val" else CKPT_DIR)
+    path = tf.train.latest_checkpoint(str(where))
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {where}")
+    return path
+
+
+def _bn_key(run_dir, inputs, batch_size):
+    """What the recomputed statistics depend on: the network's checkpoint, the images and the batching."""
+    import hashlib
+
+    ckpt = Path(network_checkpoint(run_dir))
+    digest = hashlib.sha1(np.ascontiguousarray(inputs).data).hexdigest()
+    return json.dumps({"checkpoint": f"{ckpt.parent.name}/{ckpt.name}", "inputs": [list(inputs.shape), digest],
+                       "batch_size": int(batch_size)}, sort_keys=True)
+
+
+def _bn_layers(model):
+    from .layers import BatchNorm
+
+    return [layer for layer in model.layers if isinstance(layer, BatchNorm)]
+
+
+def _load_bn_statistics(model, run_dir, key):
+    """Sets the BN moving statistics stored in ``run_dir`` if they were computed for ``key``; True if so."""
+    path = Path(run_dir) / FINISHED_BN
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as f:
+            if str(f["key"]) != key:
+                return False
+            values = {name: f[name] for name in f.files if name != "key"}
+    except (OSError, ValueError, KeyError, EOFError):
+        logging.warning("%s is unreadable; recomputing the BN statistics", path)
+        return False
+    layers = _bn_layers(model)
+    names = {f"{layer.name}/{v}" for layer in layers for v in ("moving_mean", "moving_variance")}
+    if set(values) != names:
+        return False
+    for layer in layers:
+        layer.moving_mean.assign(values[f"{layer.name}/moving_mean"])
+        layer.moving_variance.assign(values[f"{layer.name}/moving_variance"])
+    return True
+
+
+def _save_bn_statistics(model, run_dir, key):
+    arrays = {f"{layer.name}/{v}": getattr(layer, v).numpy() for layer in _bn_layers(model)
+              for v in ("moving_mean", "moving_variance")}
+    path = Path(run_dir) / FINISHED_BN
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez(tmp, key=np.array(key), **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def finish_training(model, arch, inputs, *, batch_size=4, progress=True, run_dir=None):
     """What the architecture's recipe does once training is over, before the network is used
-    (registry.Architecture.recompute_bn: SegNet's BN statistics over the training ``inputs``)."""
-    if arch.recompute_bn:
-        recompute_bn_statistics(model, inputs, batch_size=batch_size, progress=progress)
+    (registry.Architecture.recompute_bn: SegNet's BN statistics over the training ``inputs``).
+
+    With ``run_dir`` (the training run directory ``model`` was restored from, at its
+    network_checkpoint) the statistics are computed once per network: the first call stores them in
+    ``run_dir/bn_statistics.npz`` keyed by that checkpoint, the images and the batch size, and later
+    calls with the same key (e.g. the export stage after the train stage) load them instead."""
+    if not arch.recompute_bn:
+        return model
+    key = None
+    if run_dir is not None:
+        key = _bn_key(run_dir, np.asarray(inputs), batch_size)
+        if _load_bn_statistics(model, run_dir, key):
+            logging.info("BN statistics of %s reused from %s", model.name, Path(run_dir) / FINISHED_BN)
+            return model
+    recompute_bn_statistics(model, inputs, batch_size=batch_size, progress=progress)
+    if key is not None:
+        _save_bn_statistics(model, run_dir, key)
     return model
 
 
@@ -454,7 +696,7 @@ def load_config(run_dir):
 
 def load_model(run_dir, *, expect=None, **overrides):
     """Rebuilds the trained network of ``run_dir`` (the generator for Pix2Pix) from its config and
-    restores the latest checkpoint. ``expect`` ("pix2pix", "segnet_basic", "segnet_vgg16") guards
+    restores its network_checkpoint (the best-validation one where the run kept it). ``expect`` ("pix2pix", "segnet_basic", "segnet_vgg16") guards
     against loading the wrong kind of run; ``overrides`` change inference-only builder options
     (bn_inference, dropout_at_inference)."""
     config = load_config(run_dir)
@@ -469,9 +711,7 @@ def load_model(run_dir, *, expect=None, **overrides):
     if arch.startswith("segnet") and "dropout_at_inference" in overrides:
         raise ValueError("SegNet has no dropout; dropout_at_inference does not apply")
     model = _BUILDERS[arch](**dict(config["builder"], **overrides))
-    latest = tf.train.latest_checkpoint(str(Path(run_dir) / CKPT_DIR))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / CKPT_DIR}")
+    latest = network_checkpoint(run_dir)
     try:
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:

@@ -47,7 +47,12 @@ def _subset(s: Split, idx: np.ndarray) -> Split:
 
 def prepare_data(d: Path, cfg, spec, data_dir: Path | None, query_split: str) -> None:
     how = cfg.query_sample
-    for name, split, n in (("train", "train", cfg.n_train), ("query", query_split, cfg.n_query)):
+    splits = [("train", "train", cfg.n_train), ("query", query_split, cfg.n_query)]
+    # The train stage validates on all of val, never on a test query split nor on a sample of val.
+    if (data_dir is not None and (query_split != "val" or cfg.n_query is not None) and "val" in spec.splits
+            and has_split(cfg.task, "val", data_dir)):
+        splits.append(("val", "val", None))
+    for name, split, n in splits:
         info = {"split": split}
         # Synthetic sets are drawn independently image by image: their first n are already a sample.
         if name == "query" and how != "first" and n is not None and data_dir is not None:

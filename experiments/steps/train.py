@@ -11,9 +11,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from absl import logging
+
 from compnn_py import fsio
 from experiments.errors import UserError
 from experiments.steps.data import load_data
+
+
+def validation_split(data_stage: Path, spec):
+    """The split the train stage validates on (and picks the best network by): the val split, never
+    another one (a test query split must not choose the network). The data stage saves all of val
+    beside a query split that is not all of it (real data); else the query split is val (synthetic
+    sets). None when there is no val split."""
+    import json
+
+    if (data_stage / "val.json").is_file():
+        return load_data(data_stage, "val", spec)
+    if json.loads((data_stage / "query.json").read_text())["split"] == "val":
+        return load_data(data_stage, "query", spec)
+    return None
+
+
+def segnet_options(cfg, steps_per_epoch: int) -> dict:
+    """train_segnet's options for the configured recipe (experiments.tasks.SEGNET_RECIPES)."""
+    options = {k: v for k, v in cfg.train_recipe().items() if k not in ("recipe", "length")}
+    warmup = options.pop("warmup_epochs", 0)
+    if warmup:
+        options["warmup_steps"] = int(round(warmup * steps_per_epoch))
+    return options
 
 
 def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) -> None:
@@ -27,14 +52,20 @@ def train_model(d: Path, cfg, spec, data_stage: Path, *, progress: bool = True) 
         model, history = tft.train_pix2pix(tr.inputs, targets, d, ngf=cfg.ngf, ndf=cfg.ngf,
                                            **dict(arch.trainer_options), **common)
     elif arch.trainer == "segnet":
-        q = load_data(data_stage, "query", spec)
-        model, history = tft.train_segnet(tr.inputs, tr.targets, d, val=(q.inputs, q.targets),
-                                          num_classes=spec.num_classes,
-                                          checkpoint_every=max(1, len(tr.ids) // cfg.batch_size),
-                                          **dict(arch.trainer_options), **common)
+        per_epoch = max(1, len(tr.ids) // cfg.batch_size)
+        options = segnet_options(cfg, per_epoch)
+        val = validation_split(data_stage, spec)
+        if val is None and options.get("keep") == "best_val":
+            logging.warning("no val split to pick the best network by: keeping the last checkpoint")
+            options["keep"] = "last"
+        model, history = tft.train_segnet(tr.inputs, tr.targets, d,
+                                          val=None if val is None else (val.inputs, val.targets),
+                                          num_classes=spec.num_classes, checkpoint_every=per_epoch,
+                                          **dict(arch.trainer_options), **options, **common)
     else:
         raise UserError(f"{cfg.model} cannot be trained by compnn; give a trained network with --checkpoint")
-    tft.finish_training(model, arch, tr.inputs, batch_size=cfg.batch_size, progress=progress)
+    # Stored in the run directory, so the export stage reuses these BN statistics instead of recomputing.
+    tft.finish_training(model, arch, tr.inputs, batch_size=cfg.batch_size, progress=progress, run_dir=d)
     tft.save_network(model, d / tft.MODEL_FILE)
     fsio.write_json(d / tft.HISTORY, history)
     # The task it learned, so that explaining it under another task is refused (experiments.checks).
