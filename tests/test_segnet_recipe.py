@@ -188,3 +188,21 @@ def test_camvid_preset_uses_the_recipe_and_keys_it():
     assert stage_configs(replace(real, recipe="tutorial"), **kw)["train"] != base
     # A decaying schedule makes the length part of the network.
     assert stage_configs(replace(real, epochs=real.epochs + 1), **kw)["train"] != base
+
+
+def test_validation_scores_the_network_with_recomputed_bn_statistics(tmp_path, monkeypatch):
+    x, y = _tiny_set(n=8)
+    calls = []
+    recompute = train.recompute_bn_statistics
+    monkeypatch.setattr(train, "recompute_bn_statistics", lambda m, imgs, **kw: calls.append(len(imgs)) or
+                        recompute(m, imgs, **kw))
+    run = tmp_path / "run"
+    model, hist = train.train_segnet(x, y, run, val=(x, y), num_classes=4, class_weights=[1.0] * 4, steps=4,
+                                     val_every=2, batch_size=2, optimizer="adam", lr=1e-2, keep="best_val",
+                                     val_bn_images=4, progress=False)
+    assert calls == [4, 4]  # before each validation, over 4 evenly spaced training images
+    # The kept network holds the statistics it was scored with: scoring it again gives the same mIoU.
+    from compnn_py.metrics import evaluate_segmentation
+    best = train.load_model(run)
+    again = evaluate_segmentation(train.label_predictor(best)(x), y, 4)
+    assert again["mean_iou"] == hist["best"]["mean_iou"]

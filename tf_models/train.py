@@ -456,7 +456,7 @@ def _segnet_optimizer(optimizer, lr, schedule, total, warmup, momentum):
 def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes=11,
                  class_weights=segnet.CAMVID_CLASS_WEIGHTS, steps=None, epochs=None, batch_size=4,
                  lr=None, momentum=0.9, weight_decay=5e-4, optimizer="sgd", lr_schedule="constant",
-                 warmup_steps=0, flip=False, zoom=1.0, brightness=0.0, keep="last", seed=0,
+                 warmup_steps=0, flip=False, zoom=1.0, brightness=0.0, keep="last", val_bn_images=0, seed=0,
                  bn_inference="moving", val_every=None, checkpoint_every=1000,
                  checkpoint_secs=CHECKPOINT_SECS, log_every=20, resume=True, progress=True,
                  jit_compile=False):
@@ -465,8 +465,13 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
     rate, no augmentation, the last checkpoint kept); ``optimizer="adam"``, ``lr_schedule="cosine"``
     (linear warmup over ``warmup_steps``, cosine decay to 0 at the end), ``flip``/``zoom``/
     ``brightness`` (augment_pair) and ``keep="best_val"`` (the checkpoint with the best validation
-    mIoU is kept in ``best/`` and is the network returned and loaded) form the camvid preset's
-    recipe. ``class_weights``: per-class loss weights, or "median_frequency" to compute them from
+    mIoU is kept in ``best/`` and is the network returned and loaded) and ``val_bn_images`` form
+    the camvid preset's recipe. ``val_bn_images`` > 0: before each validation the BN statistics are
+    recomputed (recompute_bn_statistics) over that many evenly spaced training images, so the
+    network is scored (and the best one picked) as it will be used after finish_training; moving
+    averages taken while Adam moves the weights score it far lower (measured on CamVid at
+    90x120: val mIoU 0.21 with them, 0.36 recomputed, same weights). Training itself only
+    uses batch statistics, so this changes no weight. ``class_weights``: per-class loss weights, or "median_frequency" to compute them from
     ``labels`` (median_frequency_weights; recorded in config.json). ``labels`` uint8 (N, H, W),
     255 = ignore. With ``val=(images, labels)`` scores pixel accuracy, mean class accuracy and mIoU
     (void ignored) every ``val_every`` steps (default: every epoch) and at the end.
@@ -501,6 +506,7 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
                   lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
                   lr_schedule=lr_schedule, warmup_steps=int(warmup_steps),
                   augment=dict(flip=bool(flip), zoom=float(zoom), brightness=float(brightness)), keep=keep,
+                  val_bn_images=int(val_bn_images),
                   class_weights=[float(w) for w in class_weights], steps=total)
     if balancing is not None:
         config["class_balancing"] = dict(method="median_frequency", **balancing)
@@ -533,7 +539,12 @@ def train_segnet(inputs, labels, run_dir, *, val=None, arch="basic", num_classes
 
         predict = label_predictor(model)
 
+        bn_rows = (np.unique(np.linspace(0, len(inputs) - 1, min(int(val_bn_images), len(inputs))).round()
+                             .astype(int)) if val_bn_images else None)
+
         def validate():
+            if bn_rows is not None:
+                recompute_bn_statistics(model, inputs[bn_rows], batch_size=batch_size, progress=False)
             pred = predict(val[0])
             s = evaluate_segmentation(pred, val[1], num_classes)
             return {k: s[k] for k in ("pixel_accuracy", "mean_class_accuracy", BEST_KEY)}
