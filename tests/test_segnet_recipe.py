@@ -206,3 +206,28 @@ def test_validation_scores_the_network_with_recomputed_bn_statistics(tmp_path, m
     best = train.load_model(run)
     again = evaluate_segmentation(train.label_predictor(best)(x), y, 4)
     assert again["mean_iou"] == hist["best"]["mean_iou"]
+
+
+def test_recomputed_bn_statistics_are_the_mean_of_batch_statistics():
+    from tf_models import segnet
+    from tf_models.layers import BatchNorm
+
+    x, _ = _tiny_set(n=6)
+    model = segnet.build_segnet_basic((16, 24, 3), 4)
+    train.recompute_bn_statistics(model, x, batch_size=2, progress=False)
+    # Reference: each BN layer's input per batch (a sub-model in inference mode is not the same
+    # thing, so run the layers' inputs in training mode, eagerly) and numpy's moments averaged.
+    bns = [layer for layer in model.layers if isinstance(layer, BatchNorm)]
+    got = {layer.name: (layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns}
+    assert all(layer.momentum == 0.99 for layer in bns)  # restored
+    probe = tf.keras.Model(model.input, [layer.input for layer in bns])
+    ref = {layer.name: [[], []] for layer in bns}
+    for start in range(0, 6, 2):
+        feats = probe(x[start: start + 2].astype(np.float32), training=True)
+        for layer, f in zip(bns, feats):
+            f = np.asarray(f, np.float64)
+            ref[layer.name][0].append(f.mean(axis=(0, 1, 2)))
+            ref[layer.name][1].append(f.var(axis=(0, 1, 2)))
+    for layer in bns:
+        np.testing.assert_allclose(got[layer.name][0], np.mean(ref[layer.name][0], 0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[layer.name][1], np.mean(ref[layer.name][1], 0), rtol=1e-4, atol=1e-4)

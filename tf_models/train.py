@@ -387,7 +387,10 @@ def recompute_bn_statistics(model, inputs, *, batch_size=4, progress=True):
     """Replaces every BatchNorm's moving mean/variance by the average of its batch statistics over
     ``inputs`` (uint8 (N, H, W, 3)), as SegNet's compute_bn_statistics step does after training:
     moving averages taken while the weights were still changing fast (SGD at lr 0.1) are a poor
-    estimate of the population statistics. Batches run in training mode; no weight changes."""
+    estimate of the population statistics. Batches run in training mode; no weight changes.
+
+    Each batch runs as one traced call with the layers' momentum at 0 (so a layer's moving values
+    become that batch's statistics), and the batch statistics are averaged in float64 outside."""
     from .layers import BatchNorm
 
     layers = [layer for layer in model.layers if isinstance(layer, BatchNorm)]
@@ -395,11 +398,21 @@ def recompute_bn_statistics(model, inputs, *, batch_size=4, progress=True):
         raise ValueError(f"model {model.name!r} has no BatchNorm layers")
     saved = [layer.momentum for layer in layers]
     starts = range(0, len(inputs) - batch_size + 1, batch_size) if len(inputs) >= batch_size else [0]
+    sums = [[np.zeros(layer.moving_mean.shape, np.float64) for _ in range(2)] for layer in layers]
     try:
-        for i, start in enumerate(Progress(starts, desc="BN statistics", unit="batch", disable=not progress)):
-            for layer in layers:  # running mean over batches: moving = (i * moving + batch) / (i + 1)
-                layer.momentum = i / (i + 1)
-            model(tf.constant(inputs[start: start + batch_size], tf.float32), training=True)
+        for layer in layers:
+            layer.momentum = 0.0  # read when the call is traced: moving = this batch's statistics
+        forward = tf.function(lambda x: model(x, training=True))
+        count = 0
+        for start in Progress(starts, desc="BN statistics", unit="batch", disable=not progress):
+            forward(tf.constant(inputs[start: start + batch_size], tf.float32))
+            for layer, (mean, var) in zip(layers, sums):
+                mean += layer.moving_mean.numpy()
+                var += layer.moving_variance.numpy()
+            count += 1
+        for layer, (mean, var) in zip(layers, sums):
+            layer.moving_mean.assign((mean / count).astype(np.float32))
+            layer.moving_variance.assign((var / count).astype(np.float32))
     finally:
         for layer, m in zip(layers, saved):
             layer.momentum = m
