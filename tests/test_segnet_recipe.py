@@ -231,3 +231,19 @@ def test_recomputed_bn_statistics_are_the_mean_of_batch_statistics():
     for layer in bns:
         np.testing.assert_allclose(got[layer.name][0], np.mean(ref[layer.name][0], 0), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got[layer.name][1], np.mean(ref[layer.name][1], 0), rtol=1e-4, atol=1e-4)
+
+
+def test_stored_bn_statistics_do_not_make_a_checkpoint_new(tmp_path):
+    import os
+
+    from experiments.steps.train import FINISHED_BN, checkpoint_stamp
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "ckpt-1.index").write_text("x")
+    os.utime(run / "best" / "ckpt-1.index", (1000, 1000))
+    before = checkpoint_stamp(run)
+    (run / FINISHED_BN).write_text("stats")  # written later by an export of this network
+    assert FINISHED_BN == train.FINISHED_BN and checkpoint_stamp(run) == before == 1000
+    (run / "best" / "ckpt-2.index").write_text("y")  # a new checkpoint is a change
+    assert checkpoint_stamp(run) > before

@@ -17,6 +17,8 @@ from compnn_py import fsio
 from experiments.errors import UserError
 from experiments.steps.data import load_data
 
+FINISHED_BN = "bn_statistics.npz"  # tf_models.train.FINISHED_BN (that module imports TensorFlow)
+
 
 def validation_split(data_stage: Path, spec):
     """The split the train stage validates on (and picks the best network by): the val split, never
@@ -109,4 +111,5 @@ def checkpoint_stamp(checkpoint: Path) -> float:
     if checkpoint.is_file():
         return checkpoint.stat().st_mtime
     files = list(checkpoint.rglob("*")) if checkpoint.is_dir() else list(checkpoint.parent.glob(checkpoint.name + ".*"))
-    return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
+    # The BN statistics an export stores in a run directory are derived from its network, not a change of it.
+    return max((f.stat().st_mtime for f in files if f.is_file() and f.name != FINISHED_BN), default=0.0)
