@@ -7,27 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from browser import start_chromium
 from report_run import tiny_run
-
-CHROME = next((p for p in ("chromium", "chromium-browser", "google-chrome") if shutil.which(p)), None)
-DRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    if CHROME is None or DRIVER is None:
-        pytest.skip("chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = shutil.which(CHROME)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    drv = start_chromium(1400, 1000)
     yield drv
     drv.quit()
 
