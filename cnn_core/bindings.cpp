@@ -287,6 +287,8 @@ PYBIND11_MODULE(_core, m) {
           stats["pairs_scored"] = st.pairs_scored;
           stats["pilot_fraction"] = st.pilot_fraction;
           stats["used_bounds"] = st.used_bounds;
+          stats["filter"] = st.filter;
+          if (st.pairs_rescored >= 0) stats["pairs_rescored"] = st.pairs_rescored;
         }
         return py::make_tuple(m[0], m[1], m[2], m[3], stats);
       },
@@ -303,5 +305,7 @@ PYBIND11_MODULE(_core, m) {
         "Route GEMMs through the OpenBLAS at path ('' = Eigen); False if it cannot be loaded");
   m.def("blas_backend", &cnn_core::blas_backend);
   m.def("build_info", &cnn_core::build_info, "Eigen version and SIMD paths compiled in");
+  m.def("amx_bf16_ready", &cnn_core::amx_bf16_ready,
+        "whether 1x1 bound-pruned searches score pairs in bfloat16 on AMX tiles (CPU, OS, COMPNN_NO_AMX)");
   bind_patch_index(m);
 }

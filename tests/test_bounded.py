@@ -2,7 +2,8 @@
 shortlist (match.patches with rows = the shortlist) and a naive float64 reference: bit-identical results
 on ties, near-ties, zero vectors, float16, K = 1 and K = 4, k = 1 and k = 3, any thread count; the
 canonical similarities shared by every search; the pilot's fallback; progress callbacks; and the data
-stage's query sampling."""
+stage's query sampling. These tests pin the cells-and-bounds path: on a CPU with AMX-BF16, 1x1 searches
+would otherwise take the bfloat16 filter (tests/test_amx_filter.py), so COMPNN_NO_AMX is set here."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,11 @@ from scipy.ndimage import gaussian_filter
 from compnn_py import compose, match
 from experiments.steps.data import query_indices
 from naive import naive_patches, naive_topk
+
+
+@pytest.fixture(autouse=True)
+def _cells_path(monkeypatch):
+    monkeypatch.setenv("COMPNN_NO_AMX", "1")
 
 
 def smooth_maps(rng, shape, sigma=3.0):

@@ -77,6 +77,7 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   st = BoundStats{};
   st.pairs = H * W * positions;
   if (H * W == 0) return patch_topk(query, database, rows, K, k, threads, cancel, names);
+  if (K == 1 && amx_bf16_ready()) return amx_pixel_topk(query, database, rows, k, threads, cancel, names, st);
 
   // Query: one power-of-two factor for the whole padded map, as in patch_topk.
   const int64_t Hp = H + K - 1, Wp = W + K - 1;

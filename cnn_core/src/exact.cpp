@@ -80,6 +80,7 @@ std::string build_info() {
 #if defined(__F16C__) || defined(__AVX512F__)
   s += ", GEMM: " + blas_backend();
   s += ", float16 via F16C";
+  s += amx_bf16_ready() ? ", 1x1 bound search: AMX-BF16 filter" : ", 1x1 bound search: float32 filter";
 #else
   s += ", GEMM: " + blas_backend();
   s += ", float16 via scalar conversion";

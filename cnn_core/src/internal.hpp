@@ -388,6 +388,11 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
                                 int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names,
                                 BoundStats* stats);
 
+// 1×1 patch search with the certified bfloat16 AMX filter (amx.cpp); `rows` already resolved, k checked,
+// amx_bf16_ready() true. Fills st.pairs, pairs_scored, pairs_rescored and filter.
+PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
+                            int64_t threads, const Cancel& cancel, const Names& names, BoundStats& st);
+
 struct MapDims {
   int64_t n, h, w, c;
 };

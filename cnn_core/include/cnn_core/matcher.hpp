@@ -120,11 +120,20 @@ enum class Prune { Bounds, Coarse };
 // What bounded_patch_topk did: database positions scored exactly per query position, out of all,
 // and whether the bounds were used at all (a pilot block that scores more than kBoundsGiveUp of its pairs
 // stops there, and the search is plain exact search; pilot_fraction: the pilots' scored fraction so far).
+// `filter`: how pairs were scored before the canonical rescoring, "float32" (GEMM) or "amx_bf16"
+// (bfloat16 on AMX tiles, with its certified slack; then pairs_scored = pairs and pairs_rescored counts
+// the pairs the slack let through to the canonical rescoring).
 struct BoundStats {
-  int64_t pairs = 0, pairs_scored = 0;
+  int64_t pairs = 0, pairs_scored = 0, pairs_rescored = -1;
   double pilot_fraction = 0;
   bool used_bounds = false;
+  std::string filter = "float32";
 };
+
+// Whether bounded_patch_topk may score 1×1 patches with bfloat16 on AMX tiles: the CPU has AMX-BF16, the
+// OS lets this process use the tiles (both checked once per process), and the environment variable
+// COMPNN_NO_AMX is unset or "0" (read on every call).
+bool amx_bf16_ready();
 
 // Above this fraction of pairs scored in the pilot blocks, bounded_patch_topk runs patch_topk instead.
 constexpr double kBoundsGiveUp = 0.2;
@@ -136,6 +145,9 @@ constexpr double kBoundsGiveUp = 0.2;
 // radius, widened by the float32 error), and a cell is skipped once its bound is below the k-th best
 // found for every query in the block. A few pilot blocks, spread over the query, measure how much the
 // bounds prune; when they leave more than kBoundsGiveUp of the pairs, the search is patch_topk itself.
+// With kernel 1 on a CPU with AMX-BF16 (amx_bf16_ready), every pair is instead scored in bfloat16 on
+// AMX tiles, about ten times float32's rate, and rescored canonically unless a certified bound on the
+// bfloat16 error puts it below the k-th best (cnn_core/src/amx.cpp): the same result again.
 PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
                                 int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {},
                                 BoundStats* stats = nullptr);

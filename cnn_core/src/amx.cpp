@@ -1,0 +1,311 @@
+// Exact 1×1 patch (pixel) search with a bfloat16 filter on Intel AMX tiles (amx_pixel_topk).
+//
+// Every query and database pixel is scaled to unit length and rounded to bfloat16; one AMX tile product
+// then gives an approximate cosine for 16×16 pairs at about 16 times float32's multiply-add rate. The
+// approximation is certified: with e_q = |q̂ - q/|q|| and e_x = |x̂ - x/|x|| measured per vector when it
+// is rounded (bfloat16 keeps 8 significant bits, so e <= 2^-8), and the float32 accumulation of D
+// exact bfloat16 products bounded by gamma_D = D·2^-24 / (1 - D·2^-24),
+//   |s - cos| <= e_q + e_x + e_q·e_x + gamma_D (1 + e_q)(1 + e_x),
+// so a pair is skipped only when s plus that slack (and a float32 rounding margin for the canonical value)
+// stays below the query's current k-th best canonical similarity. Every pair that passes is rescored
+// canonically (internal.hpp), so the result equals patch_topk's bit for bit, ties included, whatever
+// the thread count. Compiled for any x86-64: the AMX code carries its own target attributes and runs
+// only after amx_bf16_ready() has seen the CPU's AMX-BF16 feature and the kernel's permission.
+#include "internal.hpp"
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define COMPNN_HAVE_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <cstdlib>
+
+namespace cnn_core {
+
+namespace {
+using namespace detail;
+
+constexpr int64_t kTile = 16;          // AMX tile: 16 rows × 64 bytes (32 bfloat16 values)
+constexpr int64_t kPair = 32;          // queries and database pixels per block of 2×2 tiles
+constexpr int64_t kQueryBand = 1024;   // queries per unit of work (fixed: results never depend on it)
+constexpr int64_t kDbBlock = 128;      // database pixels per pass over a band (kept in L2)
+constexpr int64_t kPackChunk = 4096;   // pixels packed per unit when preparing the operands
+
+// Round-to-nearest-even bfloat16 bits of a float32 whose magnitude is at most 1; values below float32's
+// normal range become zero, as AMX treats bfloat16 denormals (the measured error then includes them).
+inline uint16_t to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7f800000u) == 0) return static_cast<uint16_t>((b >> 16) & 0x8000u);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return static_cast<uint16_t>(b >> 16);
+}
+
+inline double from_bf16(uint16_t h) {
+  const uint32_t b = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// Unit-length bfloat16 copy of one pixel of `c` values (zero-padded to `cp`) and its rounding error
+// |x̂ - x/|x||, rounded up; an all-zero pixel stays zero with error 0 (its similarity is 0 exactly).
+float round_unit(const float* x, int64_t c, int64_t cp, uint16_t* out) {
+  double sq = 0;
+  for (int64_t i = 0; i < c; ++i) sq += static_cast<double>(x[i]) * x[i];
+  std::fill(out, out + cp, uint16_t{0});
+  if (sq == 0) return 0.f;
+  const double inv = 1.0 / std::sqrt(sq);
+  double err = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const double u = x[i] * inv;
+    out[i] = to_bf16(static_cast<float>(u));
+    const double d = from_bf16(out[i]) - u;
+    err += d * d;
+  }
+  // Up by a relative 2^-20 and an absolute 2^-40 for the double arithmetic above.
+  return static_cast<float>(std::sqrt(err) * (1 + 0x1p-20) + 0x1p-40);
+}
+
+// Zeroed bfloat16 buffer on a 64-byte boundary: every tile row is then one cache line (a row split over
+// two lines costs a tile load twice the traffic; measured 2-3x slower searches).
+class AlignedBf16 {
+ public:
+  explicit AlignedBf16(int64_t n) : buf_(n + 32, 0) {
+    const auto addr = reinterpret_cast<uintptr_t>(buf_.data());
+    ptr_ = buf_.data() + ((64 - addr % 64) % 64) / 2;
+  }
+  uint16_t* data() { return ptr_; }
+  const uint16_t* data() const { return ptr_; }
+
+ private:
+  std::vector<uint16_t> buf_;
+  uint16_t* ptr_;
+};
+
+#if COMPNN_HAVE_AMX
+
+constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+
+bool detect_amx() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool bf16 = d & (1u << 22), tile = d & (1u << 24);
+  if (!bf16 || !tile) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+  // The OS must save the tile state (XCR0 bits 17 and 18) and grant this process its use.
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3 accumulate a 32×32 block of similarities, 4-5 hold 2×16 queries, 6-7 2×16 database pixels.
+__attribute__((target("amx-tile"))) void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.rows[t] = kTile, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+
+// out (32×32 float32, row-major) = A (32 queries × cp bfloat16, row stride cp) · B, B packed as pairs of
+// values for 16 database pixels per 64-byte row (VNNI layout: `b0`, `b1` the two 16-pixel groups, each
+// cp/2 rows of 64 bytes).
+__attribute__((target("amx-tile,amx-bf16"))) void block_32x32(const uint16_t* a, int64_t cp, const uint16_t* b0,
+                                                                const uint16_t* b1, float* out) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t astride = cp * 2;
+  for (int64_t s = 0; s < cp; s += 32) {
+    _tile_loadd(4, a + s, astride);
+    _tile_loadd(5, a + kTile * cp + s, astride);
+    _tile_loadd(6, b0 + s * kTile, 64);
+    _tile_loadd(7, b1 + s * kTile, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, kPair * 4);
+  _tile_stored(1, out + kTile, kPair * 4);
+  _tile_stored(2, out + kTile * kPair, kPair * 4);
+  _tile_stored(3, out + kTile * kPair + kTile, kPair * 4);
+}
+
+// Bit r set when some value of row r of a 32×32 block reaches lim[r] (NaN limits never pass).
+__attribute__((target("avx512f"))) uint32_t rows_reaching(const float* blk, const float* lim) {
+  uint32_t rows = 0;
+  for (int64_t r = 0; r < kPair; ++r) {
+    const __m512 l = _mm512_set1_ps(lim[r]);
+    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(blk + r * kPair), l, _CMP_GE_OQ) |
+                          _mm512_cmp_ps_mask(_mm512_loadu_ps(blk + r * kPair + 16), l, _CMP_GE_OQ);
+    rows |= static_cast<uint32_t>(hit != 0) << r;
+  }
+  return rows;
+}
+
+// Bit c set when row[c] + err[c]·b reaches lim: the pairs of one query row that go to rescoring.
+__attribute__((target("avx512f"))) uint32_t pairs_passing(const float* row, const float* err, float b, float lim) {
+  const __m512 vb = _mm512_set1_ps(b), vl = _mm512_set1_ps(lim);
+  const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_fmadd_ps(_mm512_loadu_ps(err), vb, _mm512_loadu_ps(row)), vl, _CMP_GE_OQ);
+  const __mmask16 hi =
+      _mm512_cmp_ps_mask(_mm512_fmadd_ps(_mm512_loadu_ps(err + 16), vb, _mm512_loadu_ps(row + 16)), vl, _CMP_GE_OQ);
+  return static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+}
+
+#endif  // COMPNN_HAVE_AMX
+
+}  // namespace
+
+bool amx_bf16_ready() {
+#if COMPNN_HAVE_AMX
+  const char* off = std::getenv("COMPNN_NO_AMX");  // read on every call: tests and users switch it
+  if (off && *off && std::string(off) != "0") return false;
+  static const bool ready = detect_amx();
+  return ready;
+#else
+  return false;
+#endif
+}
+
+namespace detail {
+
+PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
+                            int64_t threads, const Cancel& cancel, const Names& names, BoundStats& st) {
+#if !COMPNN_HAVE_AMX
+  (void)query, (void)database, (void)rows, (void)k, (void)threads, (void)cancel, (void)names, (void)st;
+  fail("amx_pixel_topk: this build has no AMX code");
+#else
+  if (!amx_bf16_ready()) fail("amx_pixel_topk: this CPU or OS does not run AMX-BF16");
+  const MapDims d = check_maps(query, database, names);
+  const int64_t H = query.shape[0], W = query.shape[1], C = d.c, plane = d.h * d.w;
+  const int64_t R = static_cast<int64_t>(rows.size()), M = R * plane, Q = H * W;
+  const int64_t cp = (C + 31) / 32 * 32;              // channels padded to whole tile rows
+  const int64_t Mp = (M + kPair - 1) / kPair * kPair;  // database pixels padded to whole blocks
+  const int64_t Qp = (Q + kPair - 1) / kPair * kPair;
+  TopK none(0, k);
+  if (Q == 0) return to_matches(none, H, W, d.h, d.w);
+
+  // Operands, prepared once: queries row-major, database pixels in VNNI pairs of 16-pixel groups.
+  AlignedBf16 qa(Qp * cp), db(Mp * cp);
+  std::vector<float> qerr(Qp, 0.f), derr(Mp, 0.f);
+  std::vector<char> qzero(Qp, 1);
+  const int nw_pack = workers_for(threads, (std::max(Q, M) + kPackChunk - 1) / kPackChunk);
+  parallel_units((Q + kPackChunk - 1) / kPackChunk, nw_pack, cancel, [&](int64_t u, int) {
+    std::vector<float> px(C);
+    for (int64_t q = u * kPackChunk; q < std::min(Q, (u + 1) * kPackChunk); ++q) {
+      load_f32(query, q * C, C, px.data());
+      require_finite(px.data(), C, names.query);
+      normalise(px.data(), C);
+      qerr[q] = round_unit(px.data(), C, cp, qa.data() + q * cp);
+      qzero[q] = max_abs(px.data(), C) == 0.f;
+    }
+  });
+  parallel_units((M + kPackChunk - 1) / kPackChunk, nw_pack, cancel, [&](int64_t u, int) {
+    std::vector<float> px(C);
+    std::vector<uint16_t> unit(cp);
+    for (int64_t j = u * kPackChunk; j < std::min(M, (u + 1) * kPackChunk); ++j) {
+      load_f32(database, (rows[j / plane] * plane + j % plane) * C, C, px.data());
+      require_finite(px.data(), C, names.database);
+      normalise(px.data(), C);
+      derr[j] = round_unit(px.data(), C, cp, unit.data());
+      // Group g = j / 16 holds cp/2 rows of 16 (pixel, value pair) entries.
+      uint16_t* g = db.data() + (j / kTile) * kTile * cp;
+      for (int64_t p = 0; p < cp / 2; ++p) {
+        g[(p * kTile + j % kTile) * 2] = unit[2 * p];
+        g[(p * kTile + j % kTile) * 2 + 1] = unit[2 * p + 1];
+      }
+    }
+  });
+  // slack(e_q, e_x) = a_q + e_x·b_q with a_q = e_q + gamma (1 + e_q), b_q = 1 + a_q (the bound above,
+  // regrouped), so a block's test is one fused multiply-add per pair. Both rounded up.
+  const double gamma = static_cast<double>(cp) * 0x1p-24 / (1 - static_cast<double>(cp) * 0x1p-24);
+  std::vector<float> qa_slack(Qp), qb_slack(Qp);
+  for (int64_t q = 0; q < Qp; ++q) {
+    const double a = qerr[q] + gamma * (1 + qerr[q]);
+    qa_slack[q] = static_cast<float>(a * (1 + 0x1p-20));
+    qb_slack[q] = static_cast<float>((1 + a) * (1 + 0x1p-20));
+  }
+  // The canonical value's own float32 rounding (2^-24) and the float32 arithmetic of the test.
+  constexpr float kMargin = 0x1p-20f;
+  const int64_t bands = (Q + kQueryBand - 1) / kQueryBand;
+  const int nw = workers_for(threads, bands);
+  std::vector<TopK> best(nw, TopK(Q, k));
+  std::vector<int64_t> rescored(nw, 0);
+  parallel_units(bands, nw, cancel, [&](int64_t band, int wk) {
+    TopK& top = best[wk];
+    std::vector<float> scratch(2 * C);
+    auto rescore = [&](int64_t q, int64_t j) {
+      const int64_t r = rows[j / plane], p = j % plane;
+      const float cv = canonical_patch_cosine(query, 0, H, W, q / W, q % W, database, r * plane * C, d.h, d.w,
+                                              p / d.w, p % d.w, C, 1, scratch.data());
+      top.insert(q, cv, r * plane + p);
+      ++rescored[wk];
+    };
+    const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
+    // An all-zero query has similarity 0 with everything: its k best are the k lowest store indices.
+    std::vector<int64_t> order(R);
+    for (int64_t i = 0; i < R; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
+    for (int64_t q = q0; q < q1; ++q) {
+      if (!qzero[q]) continue;
+      int64_t n = 0;
+      for (int64_t i = 0; i < R && n < k; ++i)
+        for (int64_t p = 0; p < plane && n < k; ++p, ++n) rescore(q, order[i] * plane + p);
+    }
+    load_tile_config();
+    alignas(64) float blk[kPair * kPair];
+    float lim_row[kPair];
+    auto limit = [&](int64_t q) { return top.threshold(q) - qa_slack[q] - kMargin; };
+    for (int64_t m0 = 0; m0 < Mp; m0 += kDbBlock) {
+      const int64_t m1 = std::min(Mp, m0 + kDbBlock);
+      float eblock = 0.f;
+      for (int64_t j = m0; j < std::min(M, m1); ++j) eblock = std::max(eblock, derr[j]);
+      for (int64_t i0 = q0; i0 < std::min(Qp, (q1 + kPair - 1) / kPair * kPair); i0 += kPair) {
+        // Per query, what some pair of a block must reach to be looked at (with the block's largest
+        // database error; never, for zero queries and padding rows).
+        for (int64_t r = 0; r < kPair; ++r) {
+          const int64_t q = i0 + r;
+          lim_row[r] = (q >= q1 || qzero[q]) ? std::numeric_limits<float>::infinity()
+                                             : limit(q) - eblock * qb_slack[q];
+        }
+        for (int64_t j0 = m0; j0 < m1; j0 += kPair) {
+          block_32x32(qa.data() + i0 * cp, cp, db.data() + j0 * cp, db.data() + (j0 + kTile) * cp, blk);
+          for (uint32_t hits = rows_reaching(blk, lim_row); hits; hits &= hits - 1) {
+            const int64_t r = __builtin_ctz(hits), q = i0 + r;
+            for (uint32_t cols = pairs_passing(blk + r * kPair, derr.data() + j0, qb_slack[q], limit(q)); cols;
+                 cols &= cols - 1) {
+              const int64_t j = j0 + __builtin_ctz(cols);
+              if (j < M) rescore(q, j);
+            }
+            lim_row[r] = limit(q) - eblock * qb_slack[q];
+          }
+        }
+      }
+    }
+    release_tiles();
+  });
+  for (int w = 1; w < nw; ++w) best[0].merge(best[w]);
+  st.pairs = Q * M;
+  st.pairs_scored = Q * M;
+  st.pairs_rescored = 0;
+  for (int64_t n : rescored) st.pairs_rescored += n;
+  st.filter = "amx_bf16";
+  return to_matches(best[0], H, W, d.h, d.w);
+#endif
+}
+
+}  // namespace detail
+}  // namespace cnn_core

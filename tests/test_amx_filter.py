@@ -1,0 +1,109 @@
+"""The certified bfloat16 AMX filter of 1x1 bound-pruned searches (cnn_core/src/amx.cpp): its results are
+exact search's, bit for bit, on data built to defeat an uncertified low-precision filter (near-ties
+closer than bfloat16's resolution), on padding-sized shapes, zero vectors, float16 stores, extreme
+scales and any thread count; COMPNN_NO_AMX turns it off without changing an answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compnn_py import match
+
+pytestmark = pytest.mark.skipif(not match.bf16_filter_ready(), reason="this CPU/OS has no AMX-BF16")
+
+FIELDS = ("image", "y", "x", "similarity")
+
+
+def _search(q, db, k, threads=None, dtype=np.float32):
+    """hierarchical(prune="bounds") over every image (shortlist = all) and its stats."""
+    n = len(db)
+    st: dict = {}
+    glob = db.reshape(n, -1).mean(axis=1, keepdims=True) + 1
+    m = match.hierarchical(q.astype(dtype), db.astype(dtype), kernel_fine=1, query_coarse=q, db_coarse=db,
+                           kernel_coarse=1, query_global=np.ones(1, np.float32), db_global=glob, shortlist=n,
+                           k=k, threads=threads, stats=st)
+    return m, st
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+
+
+def relu_maps(rng, n, h, w, c):
+    """ReLU-like maps with a per-image offset: positions of one image resemble each other (near-ties)."""
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32) + 2 * rng.standard_normal((n, 1, 1, c)).astype(np.float32)
+    return np.maximum(x, 0)
+
+
+@pytest.mark.parametrize("k", [1, 4, 20])   # 20: the top-k heap
+@pytest.mark.parametrize("c", [3, 40, 64, 100])  # channels padded to 32 and 64, and not
+def test_equals_exact_search(k, c):
+    rng = np.random.default_rng(c * 100 + k)
+    maps = relu_maps(rng, 5, 13, 11, c)   # positions not a multiple of the 32x32 blocks
+    q, db = maps[0], maps[1:]
+    got, st = _search(q, db, k)
+    assert st["filter"] == "amx_bf16" and 0 < st["pairs_rescored"] < st["pairs"]
+    assert _same(got, match.patches(q, db, kernel=1, k=k))
+
+
+def test_near_ties_below_bfloat16_resolution():
+    """Database pixels at cosine 1 - 1e-6 .. 1 - 1e-8 of each query: bfloat16 (8 significant bits) cannot
+    order them, so every one of them must reach the canonical rescoring; a filter without the certified
+    slack returns a different source."""
+    rng = np.random.default_rng(7)
+    c, n_q = 64, 32
+    q = rng.random((1, n_q, c), dtype=np.float32) + 0.5
+    db = np.repeat(q[None], 6, axis=0).copy()               # (6, 1, n_q, c): every image a copy
+    db += rng.standard_normal(db.shape).astype(np.float32) * np.float32(1e-3) * q  # relative jitter
+    db[:, :, :, :] = np.where(rng.random(db.shape) < 0.5, db, db * np.float32(1 + 2 ** -9))
+    got, st = _search(q, db, 3)
+    want = match.patches(q, db, kernel=1, k=3)
+    assert _same(got, want)
+    # the jitter is far below bfloat16's resolution of these values: the bound let many pairs through
+    assert st["pairs_rescored"] >= n_q * 3
+
+
+def test_zero_vectors_scales_float16_and_threads():
+    rng = np.random.default_rng(3)
+    maps = relu_maps(rng, 4, 9, 10, 24)
+    maps[0, 0, :4] = 0          # zero query pixels: similarity 0 to all, lowest indices win
+    maps[1, 2, :5] = 0          # zero database pixels
+    maps[2] *= np.float32(1e30)  # scales far from 1 (power-of-two rescaling keeps them finite)
+    maps[3] *= np.float32(1e-30)
+    q, db = maps[0], maps[1:]
+    want = match.patches(q, db, kernel=1, k=5)
+    for threads in (1, 2, 3):
+        got, _ = _search(q, db, 5, threads=threads)
+        assert _same(got, want), threads
+    small = relu_maps(rng, 4, 9, 10, 24)
+    got16, _ = _search(small[0], small[1:], 2, dtype=np.float16)
+    assert _same(got16, match.patches(small[0].astype(np.float16), small[1:].astype(np.float16), kernel=1, k=2))
+
+
+def test_switch_off_gives_same_answers(monkeypatch):
+    """COMPNN_NO_AMX=1 runs the float32 path: same matches (in this process and in a child started with it)."""
+    maps = relu_maps(np.random.default_rng(5), 4, 12, 12, 32)
+    on, st_on = _search(maps[0], maps[1:], 3)
+    monkeypatch.setenv("COMPNN_NO_AMX", "1")
+    off, st_off = _search(maps[0], maps[1:], 3)
+    assert (st_on["filter"], st_off["filter"]) == ("amx_bf16", "float32") and _same(on, off)
+    monkeypatch.delenv("COMPNN_NO_AMX")
+    code = (
+        "import json, numpy as np, sys; sys.path.insert(0, 'tests');"
+        "from test_amx_filter import relu_maps, _search; from compnn_py import match;"
+        "maps = relu_maps(np.random.default_rng(11), 4, 12, 12, 32);"
+        "m, st = _search(maps[0], maps[1:], 3);"
+        "print(json.dumps([match.bf16_filter_ready(), st['filter'], m.image.tolist(), m.similarity.tolist()]))")
+    runs = {}
+    for off in ("1", "0"):
+        env = dict(os.environ, COMPNN_NO_AMX=off)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        runs[off] = json.loads(out.stdout.splitlines()[-1])
+    assert runs["1"][:2] == [False, "float32"] and runs["0"][:2] == [True, "amx_bf16"]
+    assert runs["1"][2:] == runs["0"][2:]
