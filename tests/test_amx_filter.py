@@ -107,3 +107,41 @@ def test_switch_off_gives_same_answers(monkeypatch):
         runs[off] = json.loads(out.stdout.splitlines()[-1])
     assert runs["1"][:2] == [False, "float32"] and runs["0"][:2] == [True, "amx_bf16"]
     assert runs["1"][2:] == runs["0"][2:]
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_kxk_split_products_equal_exact_search(K):
+    """K > 1: shift-sums of hi+lo bfloat16 pixel products on AMX tiles, rescored canonically: exact search's
+    result, near-ties (one image a copy of another, moved by relative 1e-6) and zero patches included."""
+    rng = np.random.default_rng(K)
+    maps = relu_maps(rng, 5, 14, 19, 40)
+    maps[2] = maps[1] * np.float32(1 + 1e-6)   # near-ties far below bfloat16's resolution
+    maps[3, 4:9, 5:12] = 0                      # zero pixels: zero and partly zero patches
+    q, db = maps[0].copy(), maps[1:]
+    q[:3, :3] = 0
+    for k in (1, 3):
+        got, st = _search_k(q, db, K, k)
+        assert st["filter"] == "amx_bf16"
+        assert _same(got, match.patches(q, db, kernel=K, k=k)), (K, k)
+
+
+def _search_k(q, db, K, k):
+    n = len(db)
+    st: dict = {}
+    glob = db.reshape(n, -1).mean(axis=1, keepdims=True) + 1
+    m = match.hierarchical(q, db, kernel_fine=K, query_coarse=q, db_coarse=db, kernel_coarse=1,
+                           query_global=np.ones(1, np.float32), db_global=glob, shortlist=n, k=k, threads=2, stats=st)
+    return m, st
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_kxk_near_ties_below_split_resolution(K):
+    """Every database image a copy of the query map with relative noise 3e-4 .. 6e-3 (patch cosines 1 - 1e-7
+    .. 1 - 2e-5): which image holds a position's best match is decided by differences the split products
+    (relative error up to ~5e-5) cannot see, so the certified slack must send them all to rescoring."""
+    rng = np.random.default_rng(40 + K)
+    q = relu_maps(rng, 1, 12, 14, 32)[0] + np.float32(0.1)
+    eps = np.geomspace(3e-4, 6e-3, 8).astype(np.float32)
+    db = q[None] * (1 + eps[:, None, None, None] * rng.standard_normal((8, *q.shape)).astype(np.float32))
+    got, _ = _search_k(q, db.astype(np.float32), K, 2)
+    assert _same(got, match.patches(q, db.astype(np.float32), kernel=K, k=2))

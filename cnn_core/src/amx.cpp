@@ -70,22 +70,6 @@ float round_unit(const float* x, int64_t c, int64_t cp, uint16_t* out) {
   return static_cast<float>(std::sqrt(err) * (1 + 0x1p-20) + 0x1p-40);
 }
 
-// Zeroed bfloat16 buffer on a 64-byte boundary: every tile row is then one cache line (a row split over
-// two lines costs a tile load twice the traffic; measured 2-3x slower searches).
-class AlignedBf16 {
- public:
-  explicit AlignedBf16(int64_t n) : buf_(n + 32, 0) {
-    const auto addr = reinterpret_cast<uintptr_t>(buf_.data());
-    ptr_ = buf_.data() + ((64 - addr % 64) % 64) / 2;
-  }
-  uint16_t* data() { return ptr_; }
-  const uint16_t* data() const { return ptr_; }
-
- private:
-  std::vector<uint16_t> buf_;
-  uint16_t* ptr_;
-};
-
 #if COMPNN_HAVE_AMX
 
 constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
@@ -110,19 +94,25 @@ struct TileConfig {
 };
 
 // Tiles 0-3 accumulate a 32×32 block of similarities, 4-5 hold 2×16 queries, 6-7 2×16 database pixels.
-__attribute__((target("amx-tile"))) void load_tile_config() {
+// Written as asm with the whole 64-byte configuration as its operand: GCC 12's _tile_loadconfig names only
+// its first 8 bytes, so the compiler may drop the stores of the rest (seen here: a crash in a new thread).
+__attribute__((noinline)) void load_tile_config() {
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) cfg.rows[t] = kTile, cfg.colsb[t] = 64;
-  _tile_loadconfig(&cfg);
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
 }
 
-__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+__attribute__((target("amx-tile"), noinline)) void release_tiles() { _tile_release(); }
 
-// out (32×32 float32, row-major) = A (32 queries × cp bfloat16, row stride cp) · B, B packed as pairs of
-// values for 16 database pixels per 64-byte row (VNNI layout: `b0`, `b1` the two 16-pixel groups, each
+// out (32×32 float32, row stride ldo) = A (32 queries × cp bfloat16, row stride cp) · B, B packed as pairs
+// of values for 16 database pixels per 64-byte row (VNNI layout: `b0`, `b1` the two 16-pixel groups, each
 // cp/2 rows of 64 bytes).
-__attribute__((target("amx-tile,amx-bf16"))) void block_32x32(const uint16_t* a, int64_t cp, const uint16_t* b0,
-                                                                const uint16_t* b1, float* out) {
+// The intrinsics' asm names no memory, so "memory" barriers before the loads and after the stores keep
+// the compiler from moving the packing's stores or the caller's reads of `out` across them.
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void block_32x32(const uint16_t* a, int64_t cp,
+                                                                          const uint16_t* b0, const uint16_t* b1,
+                                                                          float* out, int64_t ldo = kPair) {
+  __asm__ volatile("" : : : "memory");
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -138,10 +128,11 @@ __attribute__((target("amx-tile,amx-bf16"))) void block_32x32(const uint16_t* a,
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
-  _tile_stored(0, out, kPair * 4);
-  _tile_stored(1, out + kTile, kPair * 4);
-  _tile_stored(2, out + kTile * kPair, kPair * 4);
-  _tile_stored(3, out + kTile * kPair + kTile, kPair * 4);
+  _tile_stored(0, out, ldo * 4);
+  _tile_stored(1, out + kTile, ldo * 4);
+  _tile_stored(2, out + kTile * ldo, ldo * 4);
+  _tile_stored(3, out + kTile * ldo + kTile, ldo * 4);
+  __asm__ volatile("" : : : "memory");
 }
 
 // Bit r set when some value of row r of a 32×32 block reaches lim[r] (NaN limits never pass).
@@ -181,6 +172,55 @@ bool amx_bf16_ready() {
 }
 
 namespace detail {
+
+namespace {
+// One operand row: `terms` segments of cp values (c of them, then zeros). terms 1: [hi]; terms 3: the A
+// side [hi, hi, lo] and the B side [hi, lo, hi] (hi = bfloat16(x), lo = bfloat16(x - hi), x - hi being exact
+// in float32), so that one product of depth 3cp sums hi·hi + hi·lo + lo·hi.
+void split_row(const float* x, int64_t c, int64_t cp, int terms, bool b_side, uint16_t* out) {
+  std::fill(out, out + terms * cp, uint16_t{0});
+  for (int64_t v = 0; v < c; ++v) {
+    const uint16_t hi = to_bf16(x[v]);
+    out[v] = hi;
+    if (terms == 1) continue;
+    const uint16_t lo = to_bf16(x[v] - static_cast<float>(from_bf16(hi)));
+    out[cp + v] = b_side ? lo : hi;
+    out[2 * cp + v] = b_side ? hi : lo;
+  }
+}
+}  // namespace
+
+void pack_rows_bf16(const float* src, int64_t n, int64_t c, int64_t cp, int terms, uint16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) split_row(src + i * c, c, cp, terms, false, dst + i * terms * cp);
+}
+
+void pack_vnni_bf16(const float* src, int64_t n, int64_t c, int64_t cp, int terms, uint16_t* dst) {
+  const int64_t n32 = (n + kPair - 1) / kPair * kPair, kp = terms * cp;
+  std::fill(dst, dst + n32 * kp, uint16_t{0});
+  std::vector<uint16_t> row(kp);
+  for (int64_t j = 0; j < n; ++j) {
+    split_row(src + j * c, c, cp, terms, true, row.data());
+    uint16_t* g = dst + (j / kTile) * kTile * kp;
+    for (int64_t v = 0; v < kp; ++v) g[((v / 2) * kTile + j % kTile) * 2 + v % 2] = row[v];
+  }
+}
+
+#if COMPNN_HAVE_AMX
+AmxTiles::AmxTiles() { load_tile_config(); }
+AmxTiles::~AmxTiles() { release_tiles(); }
+
+void amx_gemm_nt(const uint16_t* a, int64_t m, const uint16_t* b, int64_t n, int64_t cp, float* c, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < n; j0 += kPair)
+    for (int64_t i0 = 0; i0 < m; i0 += kPair)
+      block_32x32(a + i0 * cp, cp, b + j0 * cp, b + (j0 + kTile) * cp, c + i0 * ldc + j0, ldc);
+}
+#else
+AmxTiles::AmxTiles() { fail("AMX tiles: this build has no AMX code"); }
+AmxTiles::~AmxTiles() = default;
+void amx_gemm_nt(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t) {
+  fail("amx_gemm_nt: this build has no AMX code");
+}
+#endif
 
 PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t k,
                             int64_t threads, const Cancel& cancel, const Names& names, BoundStats& st) {

@@ -58,9 +58,6 @@ void window(const float* pix, int64_t pw, int64_t c, int64_t K, int64_t y, int64
 
 namespace detail {
 
-PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
-                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names);
-
 PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
                                 int64_t kernel, int64_t k_in, int64_t threads, const Cancel& cancel,
                                 const Names& names, BoundStats* stats) {
@@ -78,6 +75,11 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   st.pairs = H * W * positions;
   if (H * W == 0) return patch_topk(query, database, rows, K, k, threads, cancel, names);
   if (K == 1 && amx_bf16_ready()) return amx_pixel_topk(query, database, rows, k, threads, cancel, names, st);
+  if (amx_bf16_ready()) {  // the shift-sums with bfloat16 pixel products: about as cheap as cells ever are here
+    st.pairs_scored = st.pairs;
+    st.filter = "amx_bf16";
+    return patch_topk(query, database, rows, K, k, threads, cancel, names, true);
+  }
 
   // Query: one power-of-two factor for the whole padded map, as in patch_topk.
   const int64_t Hp = H + K - 1, Wp = W + K - 1;
