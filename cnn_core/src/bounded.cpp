@@ -75,11 +75,6 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   st.pairs = H * W * positions;
   if (H * W == 0) return patch_topk(query, database, rows, K, k, threads, cancel, names);
   if (K == 1 && amx_bf16_ready()) return amx_pixel_topk(query, database, rows, k, threads, cancel, names, st);
-  if (amx_bf16_ready()) {  // the shift-sums with bfloat16 pixel products: about as cheap as cells ever are here
-    st.pairs_scored = st.pairs;
-    st.filter = "amx_bf16";
-    return patch_topk(query, database, rows, K, k, threads, cancel, names, true);
-  }
 
   // Query: one power-of-two factor for the whole padded map, as in patch_topk.
   const int64_t Hp = H + K - 1, Wp = W + K - 1;

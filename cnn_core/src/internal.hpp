@@ -378,11 +378,8 @@ Neighbours exact_topk(const Tensor& queries, const Tensor& database, const std::
                       int64_t threads, const Cancel& cancel, const Names& names, int64_t group = 0);
 Neighbours global_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows, int64_t S,
                        int64_t threads, const Cancel& cancel, const Names& names);
-// bf16: pixel products in bfloat16 on AMX tiles (amx_bf16_ready() must hold), with their certified extra
-// slack; the result is the same.
 PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
-                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names,
-                        bool bf16 = false);
+                        int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names);
 
 // Sorts `top` and turns its store indices (row * dh * dw + y * dw + x) into (image, y, x) on an (h, w) grid.
 PatchMatches to_matches(TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw);
@@ -390,48 +387,6 @@ PatchMatches to_matches(TopK& top, int64_t h, int64_t w, int64_t dh, int64_t dw)
 PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
                                 int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel, const Names& names,
                                 BoundStats* stats);
-
-// ---- bfloat16 on AMX tiles (amx.cpp) ---------------------------------------------------------------
-
-// Zeroed bfloat16 buffer on a 64-byte boundary: every tile row is then one cache line (a row split over
-// two lines doubles a tile load's traffic; measured 2x slower searches).
-class AlignedBf16 {
- public:
-  explicit AlignedBf16(int64_t n = 0) { resize(n); }
-  // Room for n values (contents unspecified after growing; kept when n fits).
-  void resize(int64_t n) {
-    if (!buf_.empty() && static_cast<int64_t>(buf_.size()) >= n + 32) return;
-    buf_.assign(n + 32, 0);
-    const auto addr = reinterpret_cast<uintptr_t>(buf_.data());
-    ptr_ = buf_.data() + ((64 - addr % 64) % 64) / 2;
-  }
-  uint16_t* data() { return ptr_; }
-  const uint16_t* data() const { return ptr_; }
-
- private:
-  std::vector<uint16_t> buf_;
-  uint16_t* ptr_ = nullptr;
-};
-
-// n rows of c float32 values (|v| <= 1) as round-to-nearest bfloat16 rows of terms·cp values (cp: c
-// rounded up to 32, zero-padded); values below float32's normal range become 0, as the tiles would read
-// them. terms 1: x ≈ hi; terms 3: x split into hi + lo, laid out so that the product of an A row and a B
-// row is hi·hi + hi·lo + lo·hi (relative error about 3·2^-16 instead of 2·2^-8).
-void pack_rows_bf16(const float* src, int64_t n, int64_t c, int64_t cp, int terms, uint16_t* dst);
-// The same for the B operand: groups of 16 rows, each terms·cp/2 lines of (row, value pair); n rounded up
-// to 32 rows of zeros. dst holds ceil(n/32)*32*terms*cp values.
-void pack_vnni_bf16(const float* src, int64_t n, int64_t c, int64_t cp, int terms, uint16_t* dst);
-// The calling thread's tile configuration for amx_gemm_nt, for the guard's lifetime.
-struct AmxTiles {
-  AmxTiles();
-  ~AmxTiles();
-  AmxTiles(const AmxTiles&) = delete;
-  AmxTiles& operator=(const AmxTiles&) = delete;
-};
-// C (m×n float32, row stride ldc) = A·Bᵀ, A from pack_rows_bf16 (row stride cp = its terms·cp), B from
-// pack_vnni_bf16;
-// m and n multiples of 32 (A's and B's padding rows are read); float32 accumulation of exact products.
-void amx_gemm_nt(const uint16_t* a, int64_t m, const uint16_t* b, int64_t n, int64_t cp, float* c, int64_t ldc);
 
 // 1×1 patch search with the certified bfloat16 AMX filter (amx.cpp); `rows` already resolved, k checked,
 // amx_bf16_ready() true. Fills st.pairs, pairs_scored, pairs_rescored and filter.

@@ -3,7 +3,6 @@
 // shifted adds gives every patch similarity (K^2 fewer multiply-adds than flattening), and patch norms
 // come from a box filter over squared pixel norms. Also the flattened reference search.
 #include <Eigen/Core>
-#include <memory>
 
 #include "internal.hpp"
 
@@ -119,29 +118,8 @@ PatchArgs check_patch_args(const Tensor& query, const Tensor& database, const st
   return a;
 }
 
-// Extra slack of the split bfloat16 pixel products (bf16 = true, kSplitTerms = 3): each value x = hi + lo + r
-// with |lo| <= 2^-8 (1 + 2^-8) |x| and |r| <= 2^-16 |x| (round to nearest twice), so the dropped terms
-// lo·lo, (hi + lo)·r and r·x move a dot product by at most 3·2^-16 (1 + 2^-6) |P||X| (elementwise bounds
-// summed over whole patch vectors by Cauchy-Schwarz); the float32 accumulation of the 3·D products is
-// filter_slack(3·D, K). Values and products flushed below float32's normal range (AMX's DAZ/FTZ) cost
-// at most 2^-126 each, relative to |P||X| > 1e-30 once smaller patches (bf16_inv_norms) are always
-// rescored.
-constexpr int kSplitTerms = 3;
-float bf16_slack(int64_t dims, int64_t kernel) {
-  return filter_slack(kSplitTerms * dims, kernel) +
-         static_cast<float>(3 * 0x1p-16 * (1 + 0x1p-6) +
-                            (3.0 * static_cast<double>(dims) + std::sqrt(static_cast<double>(dims))) * 0x1p-126 * 1e30);
-}
-
-// Inverse norms of patches with |P|^2 <= 1e-30 become NaN: always rescored (see bf16_slack).
-void bf16_inv_norms(float* inv, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (inv[i] >= 1e15f) inv[i] = std::numeric_limits<float>::quiet_NaN();
-}
-
 PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows_in,
-                        int64_t kernel, int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names,
-                        bool bf16) {
+                        int64_t kernel, int64_t k_in, int64_t threads, const Cancel& cancel, const Names& names) {
   const PatchArgs args = check_patch_args(query, database, rows_in, kernel, k_in, threads, names);
   const MapDims& db = args.db;
   const std::vector<int64_t>& rows = args.rows;
@@ -158,14 +136,6 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
   gather_padded(query, 0, H, W, C, K, 0, H, 0, W, qpad.data(), names.query);
   normalise(qpad.data(), Hp * Wp * C);  // one factor for the whole map: patch cosines are unchanged
   patch_inv_norms(qpad.data(), H, W, C, K, qinv.data());
-  // bf16: pixel products on AMX tiles from bfloat16 copies (rows padded to whole 32-row blocks).
-  const int64_t cp = (C + 31) / 32 * 32;
-  const int64_t kp = kSplitTerms * cp;  // depth of the tile products
-  AlignedBf16 qbf(bf16 ? (Hp * Wp + 32) * kp : 0);
-  if (bf16) {
-    pack_rows_bf16(qpad.data(), Hp * Wp, C, cp, kSplitTerms, qbf.data());
-    bf16_inv_norms(qinv.data(), H * W);
-  }
 
   const int64_t tiles_y = (db.h + kTileY - 1) / kTileY, tiles_x = (db.w + kTileX - 1) / kTileX;
   const int64_t bands = (H + kQueryBand - 1) / kQueryBand;
@@ -173,7 +143,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
   const int nw = workers_for(threads, units);
   std::vector<TopK> best(nw, TopK(H * W, k));
   const int64_t plane = db.h * db.w;
-  const float slack = bf16 ? bf16_slack(K * K * C, K) : filter_slack(K * K * C, K);
+  const float slack = filter_slack(K * K * C, K);
 
   // Each worker's buffers, reused from unit to unit: fresh allocations of this size are fresh pages, and
   // clearing them cost a quarter of a search.
@@ -181,7 +151,6 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     RowMat tile, prod;
     std::vector<float> dinv, acc, scratch;
     std::vector<std::vector<float>> ring;
-    AlignedBf16 tbf;
   };
   std::vector<Buffers> buffers(nw);
   parallel_units(units, nw, cancel, [&](int64_t unit, int wk) {
@@ -201,15 +170,6 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     std::vector<float>& dinv = buf.dinv;
     dinv.resize(TYv * TXv);
     patch_inv_norms(tile.data(), TYv, TXv, C, K, dinv.data());
-    // Row stride of the pixel products: whole 32-column blocks for the tiles.
-    const int64_t ldp = bf16 ? (Mtp + 31) / 32 * 32 : Mtp;
-    std::unique_ptr<AmxTiles> tiles;
-    if (bf16) {
-      bf16_inv_norms(dinv.data(), TYv * TXv);
-      buf.tbf.resize(ldp * kp);
-      pack_vnni_bf16(tile.data(), Mtp, C, cp, kSplitTerms, buf.tbf.data());
-      tiles = std::make_unique<AmxTiles>();
-    }
     const bool tile_nan = std::any_of(dinv.begin(), dinv.end(), [](float v) { return std::isnan(v); });
     std::vector<float>& scratch = buf.scratch;
     scratch.resize(2 * C);
@@ -218,7 +178,7 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     // every tile pixel; a ring slot keeps their horizontal K-sums (per query column x, padded tile row,
     // tile column), and each query row then adds K slots vertically: 2K adds per similarity, not K^2.
     RowMat& prod = buf.prod;
-    prod.resize((kRowsPerGemm * Wp + 31) / 32 * 32, ldp);
+    prod.resize(kRowsPerGemm * Wp, Mtp);
     const int64_t hsz = TYp * TXv;
     std::vector<std::vector<float>>& ring = buf.ring;
     ring.resize(K);
@@ -230,19 +190,15 @@ PatchMatches patch_topk(const Tensor& query, const Tensor& database, const std::
     const int64_t pr_end = y1 + K - 1;
     for (int64_t pr = y0; pr < pr_end; ++pr) {
       const int64_t g = (pr - y0) % kRowsPerGemm;
-      if (g == 0) {
-        const int64_t nrows = std::min(kRowsPerGemm, pr_end - pr) * Wp;
-        if (bf16)
-          amx_gemm_nt(qbf.data() + pr * Wp * kp, (nrows + 31) / 32 * 32, buf.tbf.data(), ldp, kp, prod.data(), ldp);
-        else
-          gemm_nt(qpad.data() + pr * Wp * C, nrows, C, tile.data(), Mtp, C, C, prod.data(), ldp);
-      }
+      if (g == 0)
+        gemm_nt(qpad.data() + pr * Wp * C, std::min(kRowsPerGemm, pr_end - pr) * Wp, C, tile.data(), Mtp, C, C,
+                prod.data(), Mtp);
       float* slot = ring[pr % K].data();
       for (int64_t x = 0; x < W; ++x) {
         float* hx = slot + x * hsz;
         std::fill(hx, hx + hsz, 0.f);
         for (int64_t dx = 0; dx < K; ++dx) {
-          const float* p = prod.data() + (g * Wp + x + dx) * ldp + dx;
+          const float* p = prod.data() + (g * Wp + x + dx) * Mtp + dx;
           for (int64_t ty = 0; ty < TYp; ++ty) {
             float* __restrict dst = hx + ty * TXv;
             const float* __restrict src = p + ty * TXp;
