@@ -208,6 +208,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   // Operands, prepared once: queries row-major, database pixels in VNNI pairs of 16-pixel groups.
   AlignedBf16 qa(Qp * cp), db(Mp * cp);
   std::vector<float> qerr(Qp, 0.f), derr(Mp, 0.f);
+  std::vector<double> qsq(Q), dsq(M);  // canonical squared norms of the original values
   std::vector<char> qzero(Qp, 1);
   const int nw_pack = workers_for(threads, (std::max(Q, M) + kPackChunk - 1) / kPackChunk);
   parallel_units((Q + kPackChunk - 1) / kPackChunk, nw_pack, cancel, [&](int64_t u, int) {
@@ -215,6 +216,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     for (int64_t q = u * kPackChunk; q < std::min(Q, (u + 1) * kPackChunk); ++q) {
       load_f32(query, q * C, C, px.data());
       require_finite(px.data(), C, names.query);
+      qsq[q] = canonical_rows(px.data(), px.data(), C, C).sq_a;
       normalise(px.data(), C);
       qerr[q] = round_unit(px.data(), C, cp, qa.data() + q * cp);
       qzero[q] = max_abs(px.data(), C) == 0.f;
@@ -226,6 +228,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     for (int64_t j = u * kPackChunk; j < std::min(M, (u + 1) * kPackChunk); ++j) {
       load_f32(database, (rows[j / plane] * plane + j % plane) * C, C, px.data());
       require_finite(px.data(), C, names.database);
+      dsq[j] = canonical_rows(px.data(), px.data(), C, C).sq_a;
       normalise(px.data(), C);
       derr[j] = round_unit(px.data(), C, cp, unit.data());
       // Group g = j / 16 holds cp/2 rows of 16 (pixel, value pair) entries.
@@ -261,6 +264,28 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
       top.insert(q, cv, r * plane + p);
       ++rescored[wk];
     };
+    // The candidates of one query in a block, rescored together (canonical_dots: the same values as
+    // canonical_patch_cosine with kernel 1, several independent sums at once).
+    std::vector<float> qraw(C), xraw(kPair * C);
+    std::vector<const float*> xptr(kPair);
+    int64_t cand[kPair];
+    double dots[kPair];
+    auto rescore_block = [&](int64_t q, const int64_t* js, int n) {
+      load_f32(query, q * C, C, qraw.data());
+      for (int t = 0; t < n; ++t) {
+        load_f32(database, (rows[js[t] / plane] * plane + js[t] % plane) * C, C, xraw.data() + t * C);
+        xptr[t] = xraw.data() + t * C;
+      }
+      canonical_dots(qraw.data(), xptr.data(), n, C, dots);
+      for (int t = 0; t < n; ++t) {
+        CanonicalParts parts;
+        parts.dot = dots[t];
+        parts.sq_a = qsq[q];
+        parts.sq_b = dsq[js[t]];
+        top.insert(q, canonical_cosine(parts), rows[js[t] / plane] * plane + js[t] % plane);
+      }
+      rescored[wk] += n;
+    };
     const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
     // An all-zero query has similarity 0 with everything: its k best are the k lowest store indices.
     std::vector<int64_t> order(R);
@@ -292,11 +317,13 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
           block_32x32(qa.data() + i0 * cp, cp, db.data() + j0 * cp, db.data() + (j0 + kTile) * cp, blk);
           for (uint32_t hits = rows_reaching(blk, lim_row); hits; hits &= hits - 1) {
             const int64_t r = __builtin_ctz(hits), q = i0 + r;
+            int n = 0;
             for (uint32_t cols = pairs_passing(blk + r * kPair, derr.data() + j0, qb_slack[q], limit(q)); cols;
                  cols &= cols - 1) {
               const int64_t j = j0 + __builtin_ctz(cols);
-              if (j < M) rescore(q, j);
+              if (j < M) cand[n++] = j;
             }
+            if (n) rescore_block(q, cand, n);
             lim_row[r] = limit(q) - eblock * qb_slack[q];
           }
         }

@@ -113,7 +113,9 @@ const Progress*& progress_sink() {
   return sink;
 }
 
-// Kept out of line (and free of -ffast-math), so every caller gets the same sums in the same order.
+// Kept out of line (and free of -ffast-math), so every caller gets the same sums in the same order. The
+// multiply-adds are written as fused ones (std::fma: what the compiler emitted here anyway), so that
+// canonical_dots repeats them exactly whatever the compiler's contraction settings.
 __attribute__((noinline)) CanonicalParts canonical_rows(const float* a, const float* b, int64_t n, int64_t group) {
   CanonicalParts p;
   if (group <= 0) group = n;
@@ -121,15 +123,29 @@ __attribute__((noinline)) CanonicalParts canonical_rows(const float* a, const fl
     double dot = 0, sa = 0, sb = 0;
     for (int64_t i = g0; i < std::min(n, g0 + group); ++i) {
       const double x = a[i], y = b[i];
-      dot += x * y;
-      sa += x * x;
-      sb += y * y;
+      dot = std::fma(x, y, dot);
+      sa = std::fma(x, x, sa);
+      sb = std::fma(y, y, sb);
     }
     p.dot += dot;
     p.sq_a += sa;
     p.sq_b += sb;
   }
   return p;
+}
+
+__attribute__((noinline)) void canonical_dots(const float* a, const float* const* b, int n, int64_t c,
+                                              double* out) {
+  constexpr int kBatch = 8;  // independent chains: a multiply-add's latency is hidden behind the others
+  for (int t0 = 0; t0 < n; t0 += kBatch) {
+    const int m = std::min(kBatch, n - t0);
+    double dot[kBatch] = {};
+    for (int64_t i = 0; i < c; ++i) {
+      const double x = a[i];
+      for (int t = 0; t < m; ++t) dot[t] = std::fma(x, static_cast<double>(b[t0 + t][i]), dot[t]);
+    }
+    for (int t = 0; t < m; ++t) out[t0 + t] = 0.0 + dot[t];  // as canonical_rows adds its one group to 0
+  }
 }
 
 __attribute__((noinline)) float canonical_cosine(const CanonicalParts& p) {

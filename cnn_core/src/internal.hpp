@@ -343,6 +343,9 @@ struct CanonicalParts {
   double dot = 0, sq_a = 0, sq_b = 0;
 };
 CanonicalParts canonical_rows(const float* a, const float* b, int64_t n, int64_t group);
+// The canonical dot products of row `a` with rows b[0..n) of c values, one group each: bit for bit the
+// `dot` of canonical_rows(a, b[t], c, c), several rows at once (their norms: canonical_rows(x, x, c, c)).
+void canonical_dots(const float* a, const float* const* b, int n, int64_t c, double* out);
 // The similarity from canonical parts.
 float canonical_cosine(const CanonicalParts& p);
 
