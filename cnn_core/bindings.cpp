@@ -286,6 +286,7 @@ PYBIND11_MODULE(_core, m) {
           stats["pairs"] = st.pairs;
           stats["pairs_scored"] = st.pairs_scored;
           stats["pilot_fraction"] = st.pilot_fraction;
+          stats["cell_rho_median"] = st.cell_rho_median;
           stats["used_bounds"] = st.used_bounds;
           stats["filter"] = st.filter;
           if (st.pairs_rescored >= 0) stats["pairs_rescored"] = st.pairs_rescored;

@@ -53,10 +53,21 @@ def test_bounded_equals_exact_and_prunes_smooth_maps(rng, K, k):
 
 
 def test_bounded_falls_back_to_exact_where_bounds_cannot_prune(rng):
+    """Noise: the sampled cells are wide (median least cosine to the centroid far below cos 30°), so the
+    search is plain exact search before any cell is prepared or any pilot block runs."""
     noise = rng.standard_normal((4, 24, 24, 32)).astype(np.float32)
     stats = {}
     assert_same(bounded(noise[0], noise[1:], 4, 2, stats=stats), match.patches(noise[0], noise[1:], kernel=4, k=2))
-    assert not stats["used_bounds"] and stats["pilot_fraction"] > 0.2
+    assert not stats["used_bounds"] and stats["pilot_fraction"] == 0 and stats["cell_rho_median"] < 0.5, stats
+
+
+def test_bounded_pilot_gives_up_where_cells_are_tight_but_all_alike(rng):
+    """Smooth cells (the sample passes) in images that all resemble the query: no cell can be ruled out,
+    so the pilot blocks score more than a fifth of their pairs and plain exact search runs."""
+    maps = np.float32(3.0) + smooth_maps(rng, (5, 32, 32, 8), sigma=2.0)  # every patch near one direction
+    stats = {}
+    assert_same(bounded(maps[0], maps[1:], 1, 1, stats=stats), match.patches(maps[0], maps[1:], kernel=1, k=1))
+    assert stats["cell_rho_median"] >= 0.866 and not stats["used_bounds"] and stats["pilot_fraction"] > 0.2, stats
 
 
 @pytest.mark.parametrize("K", [1, 4])

@@ -18,6 +18,8 @@ using namespace detail;
 constexpr int64_t kQueryBlock = 8;
 constexpr int64_t kMaxBatchCells = 32;  // cells scored per GEMM once the thresholds are set
 constexpr int64_t kPilotBlocks = 4;
+constexpr int64_t kSampleCells = 64;  // cells measured before any other work
+constexpr float kCellRhoMin = 0.866f;  // cos 30°: a sampled median radius wider than this means exact search
 
 int64_t cell_size(int64_t dims) { return dims <= 256 ? 4 : dims <= 1024 ? 8 : 16; }
 
@@ -89,49 +91,73 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   const float slack = filter_slack(D, K);
   std::vector<Cell> cells(NC);
   RowMat centroids(NC, D);
+  // One cell: its positions, unit centroid and certified smallest cosine of its patches to the centroid.
+  auto prepare_cell = [&](int64_t ci, CellBlock& blk, Eigen::VectorXd& sum, std::vector<float>& win) {
+    const int64_t ri = ci / per_row, j = ci % per_row;
+    Cell& c = cells[ci];
+    c.row = rows[ri];
+    c.y0 = (j / cx) * G;
+    c.x0 = (j % cx) * G;
+    c.h = std::min(G, d.h - c.y0);
+    c.w = std::min(G, d.w - c.x0);
+    load_cell(database, plane, d, K, c, blk);
+    const int64_t pw = c.w + K - 1;
+    sum.setZero();
+    for (int64_t p = 0; p < c.h * c.w; ++p) {
+      const float di = blk.dinv[p];
+      if (std::isnan(di)) c.unbounded = true;
+      if (!(di > 0)) {
+        c.has_zero |= di == 0;
+        continue;
+      }
+      window(blk.pix.data(), pw, C, K, p / c.w, p % c.w, win.data());
+      sum += (Eigen::Map<const Eigen::VectorXf>(win.data(), D) * di).cast<double>();
+    }
+    const double norm = sum.norm();
+    auto cen = centroids.row(ci);
+    if (!(norm > 1e-6)) {  // no nonzero patch, or unit patches that cancel out: no useful centroid
+      cen.setZero();
+      c.unbounded = c.unbounded || c.h * c.w > 0;
+      c.rho_lo = -1;
+      return;
+    }
+    cen = (sum / norm).cast<float>();
+    double rho = 1;
+    for (int64_t p = 0; p < c.h * c.w; ++p) {
+      const float di = blk.dinv[p];
+      if (!(di > 0)) continue;
+      window(blk.pix.data(), pw, C, K, p / c.w, p % c.w, win.data());
+      rho = std::min(rho, static_cast<double>(Eigen::Map<const Eigen::VectorXf>(win.data(), D).dot(cen)) * di);
+    }
+    c.rho_lo = static_cast<float>(rho - slack);
+  };
+
+  // A sample of cells spread over the database first: when their median radius is wide (cosine to the
+  // centroid below kCellRhoMin), no bound can rule a cell out, and preparing every cell and the pilot
+  // would only add to plain exact search (on a few query rows, more than the search itself).
+  {
+    CellBlock blk;
+    Eigen::VectorXd sum(D);
+    std::vector<float> win(D);
+    const int64_t n = std::min<int64_t>(kSampleCells, NC);
+    std::vector<float> rho(n);
+    for (int64_t i = 0; i < n; ++i) {
+      prepare_cell((2 * i + 1) * NC / (2 * n), blk, sum, win);
+      rho[i] = cells[(2 * i + 1) * NC / (2 * n)].rho_lo;
+    }
+    std::nth_element(rho.begin(), rho.begin() + n / 2, rho.end());
+    st.cell_rho_median = rho[n / 2];
+    if (rho[n / 2] < kCellRhoMin) {
+      st.pairs_scored = st.pairs;
+      return patch_topk(query, database, rows, K, k, threads, cancel, names);
+    }
+  }
   const int nw = workers_for(threads, R);
   parallel_units(R, nw, cancel, [&](int64_t ri, int) {
     CellBlock blk;
     Eigen::VectorXd sum(D);
     std::vector<float> win(D);
-    for (int64_t j = 0; j < per_row; ++j) {
-      Cell& c = cells[ri * per_row + j];
-      c.row = rows[ri];
-      c.y0 = (j / cx) * G;
-      c.x0 = (j % cx) * G;
-      c.h = std::min(G, d.h - c.y0);
-      c.w = std::min(G, d.w - c.x0);
-      load_cell(database, plane, d, K, c, blk);
-      const int64_t pw = c.w + K - 1;
-      sum.setZero();
-      for (int64_t p = 0; p < c.h * c.w; ++p) {
-        const float di = blk.dinv[p];
-        if (std::isnan(di)) c.unbounded = true;
-        if (!(di > 0)) {
-          c.has_zero |= di == 0;
-          continue;
-        }
-        window(blk.pix.data(), pw, C, K, p / c.w, p % c.w, win.data());
-        sum += (Eigen::Map<const Eigen::VectorXf>(win.data(), D) * di).cast<double>();
-      }
-      const double norm = sum.norm();
-      auto cen = centroids.row(ri * per_row + j);
-      if (!(norm > 1e-6)) {  // no nonzero patch, or unit patches that cancel out: no useful centroid
-        cen.setZero();
-        c.unbounded = c.unbounded || c.h * c.w > 0;
-        c.rho_lo = -1;
-        continue;
-      }
-      cen = (sum / norm).cast<float>();
-      double rho = 1;
-      for (int64_t p = 0; p < c.h * c.w; ++p) {
-        const float di = blk.dinv[p];
-        if (!(di > 0)) continue;
-        window(blk.pix.data(), pw, C, K, p / c.w, p % c.w, win.data());
-        rho = std::min(rho, static_cast<double>(Eigen::Map<const Eigen::VectorXf>(win.data(), D).dot(cen)) * di);
-      }
-      c.rho_lo = static_cast<float>(rho - slack);
-    }
+    for (int64_t j = 0; j < per_row; ++j) prepare_cell(ri * per_row + j, blk, sum, win);
   });
 
   // Per-cell bound terms as float arrays: rho = rho_lo, srho >= sqrt(1 - rho^2), floor = the least

@@ -126,6 +126,7 @@ enum class Prune { Bounds, Coarse };
 struct BoundStats {
   int64_t pairs = 0, pairs_scored = 0, pairs_rescored = -1;
   double pilot_fraction = 0;
+  double cell_rho_median = 1;  // of a sample of cells: their patches' least cosine to the centroid
   bool used_bounds = false;
   std::string filter = "float32";
 };
@@ -145,6 +146,8 @@ constexpr double kBoundsGiveUp = 0.2;
 // radius, widened by the float32 error), and a cell is skipped once its bound is below the k-th best
 // found for every query in the block. A few pilot blocks, spread over the query, measure how much the
 // bounds prune; when they leave more than kBoundsGiveUp of the pairs, the search is patch_topk itself.
+// Before them, a sample of 64 cells: when their median radius exceeds 30° the search is patch_topk at once
+// (no bound rules out such cells; BoundStats::cell_rho_median).
 // With kernel 1 on a CPU with AMX-BF16 (amx_bf16_ready), every pair is instead scored in bfloat16 on
 // AMX tiles, about ten times float32's rate, and rescored canonically unless a certified bound on the
 // bfloat16 error puts it below the k-th best (cnn_core/src/amx.cpp): the same result again.
