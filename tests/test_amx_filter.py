@@ -45,7 +45,7 @@ def relu_maps(rng, n, h, w, c):
 @pytest.mark.parametrize("c", [3, 40, 64, 100])  # channels padded to 32 and 64, and not
 def test_equals_exact_search(k, c):
     rng = np.random.default_rng(c * 100 + k)
-    maps = relu_maps(rng, 5, 13, 11, c)   # positions not a multiple of the 32x32 blocks
+    maps = relu_maps(rng, 5, 23, 25, c)   # positions not a multiple of the 32x32 blocks (>= 512 queries)
     q, db = maps[0], maps[1:]
     got, st = _search(q, db, k)
     assert st["filter"] == "amx_bf16" and 0 < st["pairs_rescored"] < st["pairs"]
@@ -58,8 +58,8 @@ def test_near_ties_below_bfloat16_resolution():
     slack returns a different source."""
     rng = np.random.default_rng(7)
     c, n_q = 64, 32
-    q = rng.random((1, n_q, c), dtype=np.float32) + 0.5
-    db = np.repeat(q[None], 6, axis=0).copy()               # (6, 1, n_q, c): every image a copy
+    q = rng.random((16, n_q, c), dtype=np.float32) + 0.5
+    db = np.repeat(q[None], 6, axis=0).copy()               # (6, 16, n_q, c): every image a copy
     db += rng.standard_normal(db.shape).astype(np.float32) * np.float32(1e-3) * q  # relative jitter
     db[:, :, :, :] = np.where(rng.random(db.shape) < 0.5, db, db * np.float32(1 + 2 ** -9))
     got, st = _search(q, db, 3)
@@ -71,7 +71,7 @@ def test_near_ties_below_bfloat16_resolution():
 
 def test_zero_vectors_scales_float16_and_threads():
     rng = np.random.default_rng(3)
-    maps = relu_maps(rng, 4, 9, 10, 24)
+    maps = relu_maps(rng, 4, 24, 25, 24)
     maps[0, 0, :4] = 0          # zero query pixels: similarity 0 to all, lowest indices win
     maps[1, 2, :5] = 0          # zero database pixels
     maps[2] *= np.float32(1e30)  # scales far from 1 (power-of-two rescaling keeps them finite)
@@ -81,14 +81,22 @@ def test_zero_vectors_scales_float16_and_threads():
     for threads in (1, 2, 3):
         got, _ = _search(q, db, 5, threads=threads)
         assert _same(got, want), threads
-    small = relu_maps(rng, 4, 9, 10, 24)
+    small = relu_maps(rng, 4, 24, 24, 24)
     got16, _ = _search(small[0], small[1:], 2, dtype=np.float16)
     assert _same(got16, match.patches(small[0].astype(np.float16), small[1:].astype(np.float16), kernel=1, k=2))
 
 
+def test_small_queries_use_plain_exact_search():
+    """Under 512 query positions the database is not prepared: plain exact search, same answers."""
+    maps = relu_maps(np.random.default_rng(2), 4, 20, 25, 16)   # 500 positions
+    got, st = _search(maps[0], maps[1:], 2)
+    assert st["filter"] == "float32" and not st["used_bounds"] and st["pilot_fraction"] == 0
+    assert _same(got, match.patches(maps[0], maps[1:], kernel=1, k=2))
+
+
 def test_switch_off_gives_same_answers(monkeypatch):
     """COMPNN_NO_AMX=1 runs the float32 path: same matches (in this process and in a child started with it)."""
-    maps = relu_maps(np.random.default_rng(5), 4, 12, 12, 32)
+    maps = relu_maps(np.random.default_rng(5), 4, 24, 24, 32)
     on, st_on = _search(maps[0], maps[1:], 3)
     monkeypatch.setenv("COMPNN_NO_AMX", "1")
     off, st_off = _search(maps[0], maps[1:], 3)
@@ -97,7 +105,7 @@ def test_switch_off_gives_same_answers(monkeypatch):
     code = (
         "import json, numpy as np, sys; sys.path.insert(0, 'tests');"
         "from test_amx_filter import relu_maps, _search; from compnn_py import match;"
-        "maps = relu_maps(np.random.default_rng(11), 4, 12, 12, 32);"
+        "maps = relu_maps(np.random.default_rng(11), 4, 24, 24, 32);"
         "m, st = _search(maps[0], maps[1:], 3);"
         "print(json.dumps([match.bf16_filter_ready(), st['filter'], m.image.tolist(), m.similarity.tolist()]))")
     runs = {}

@@ -18,7 +18,10 @@ using namespace detail;
 constexpr int64_t kQueryBlock = 8;
 constexpr int64_t kMaxBatchCells = 32;  // cells scored per GEMM once the thresholds are set
 constexpr int64_t kPilotBlocks = 4;
-constexpr int64_t kSampleCells = 64;  // cells measured before any other work
+constexpr int64_t kSampleCells = 64;
+// Fewer query positions than this: plain exact search (the AMX operands or the cells are prepared per
+// search, and below about 256 positions that costs more than it saves; measured at 90x120 maps).
+constexpr int64_t kMinPrunedQueries = 512;  // cells measured before any other work
 constexpr float kCellRhoMin = 0.866f;  // cos 30°: a sampled median radius wider than this means exact search
 
 int64_t cell_size(int64_t dims) { return dims <= 256 ? 4 : dims <= 1024 ? 8 : 16; }
@@ -76,6 +79,10 @@ PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, con
   st = BoundStats{};
   st.pairs = H * W * positions;
   if (H * W == 0) return patch_topk(query, database, rows, K, k, threads, cancel, names);
+  if (H * W < kMinPrunedQueries) {  // preparing the database would cost more than it could save
+    st.pairs_scored = st.pairs;
+    return patch_topk(query, database, rows, K, k, threads, cancel, names);
+  }
   if (K == 1 && amx_bf16_ready()) return amx_pixel_topk(query, database, rows, k, threads, cancel, names, st);
 
   // Query: one power-of-two factor for the whole padded map, as in patch_topk.

@@ -147,7 +147,8 @@ constexpr double kBoundsGiveUp = 0.2;
 // found for every query in the block. A few pilot blocks, spread over the query, measure how much the
 // bounds prune; when they leave more than kBoundsGiveUp of the pairs, the search is patch_topk itself.
 // Before them, a sample of 64 cells: when their median radius exceeds 30° the search is patch_topk at once
-// (no bound rules out such cells; BoundStats::cell_rho_median).
+// (no bound rules out such cells; BoundStats::cell_rho_median). A query of fewer than 512 positions is
+// searched by patch_topk directly (preparing the database would cost more than it saves).
 // With kernel 1 on a CPU with AMX-BF16 (amx_bf16_ready), every pair is instead scored in bfloat16 on
 // AMX tiles, about ten times float32's rate, and rescored canonically unless a certified bound on the
 // bfloat16 error puts it below the k-th best (cnn_core/src/amx.cpp): the same result again.
