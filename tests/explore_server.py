@@ -90,5 +90,5 @@ class Server:
         """Ctrl-C (SIGINT) and wait: (exit status, rest of stdout)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=60)
+        out, _ = self.proc.communicate(timeout=300)  # a bound, not a wait: under load TensorFlow exits slowly
         return self.proc.returncode, out
