@@ -13,8 +13,8 @@ fast matcher chosen by `choose_method`, and exact search is run on a few queries
   exact search where the bounds would not prune (metrics.json `bound_prune`: the rule, images that used
   the bounds, the fraction of query x database pairs compared exactly).
 * Which fast matcher: "hierarchical" whenever its fine search is 1x1 and the CPU scores pairs in
-  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", about ten
-  times faster); else "shortlist" when exact search within the shortlist costs at most
+  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", 7-17 times
+  faster at CamVid's sizes); else "shortlist" when exact search within the shortlist costs at most
   SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
   a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e13).
 * How many queries get the reference searches (`exact_query_count`), counted separately for exact over
@@ -96,7 +96,7 @@ def choose_method(db, cfg) -> tuple[str, str]:
     fine = db.metadata["match_spec"]["fine"]
     if int(db.layer_meta(fine)["kernel"]) == 1 and match.bf16_filter_ready():
         return "hierarchical", ("1x1 patches and a CPU with AMX-BF16: exact search within the shortlist with "
-                                "the certified bfloat16 filter (same answers, about ten times faster)")
+                                "the certified bfloat16 filter (the same answers, found faster)")
     cost = search_cost(db, fine, min(cfg.shortlist, len(db)))
     if cost <= SHORTLIST_BUDGET:
         return "shortlist", (f"exact search within the shortlist costs {cost:.2g} multiply-adds per query "
