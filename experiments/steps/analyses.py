@@ -121,7 +121,8 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
         res["figures"].append({"kind": kind, "file": name, "caption": caption, "layout": fig.layout()})
 
     # Reconstruction (Fig. 10): one set of fine-layer matches copies training inputs and training targets.
-    rec = compose.reconstruction(db, query, i, layer=ms["fine"], global_nn_layer=ms["global"], **kw)
+    rec = compose.reconstruction(db, query, i, layer=ms["fine"], global_nn_layer=ms["global"],
+                                 progress=f"query {qid} reconstruction", **kw)
     image, cnn = np.asarray(query.images[i]), np.asarray(query.cnn_outputs[i])
     scores = {"input": {"compnn": _agreement(rec.compnn_input.output, image),
                         "global": _agreement(rec.global_input.output, image)},
@@ -159,7 +160,7 @@ def analyse_query(export_dir, cfg, i: int, *, out_dir, method: str = "hierarchic
     bias_kw = dict(kw)
     if "shortlist" in kw:
         bias_kw["shortlist"] = min(kw["shortlist"], min(len(r) for r in bias.values()))
-    outs = compose.bias_modification(db, query, i, bias, layer=ms["fine"], **bias_kw)
+    outs = compose.bias_modification(db, query, i, bias, layer=ms["fine"], progress=f"query {qid} bias", **bias_kw)
     (na, oa), (nb, ob) = list(outs.items())[:2]
     changed = changed_pixels(oa.output, ob.output)
     res["bias"] = {"databases": {k: int(len(v)) for k, v in bias.items()},
