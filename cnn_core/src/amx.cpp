@@ -30,7 +30,7 @@ using namespace detail;
 
 constexpr int64_t kTile = 16;          // AMX tile: 16 rows × 64 bytes (32 bfloat16 values)
 constexpr int64_t kPair = 32;          // queries and database pixels per block of 2×2 tiles
-constexpr int64_t kQueryBand = 1024;   // queries per unit of work (fixed: results never depend on it)
+constexpr int64_t kQueryBand = 512;    // queries per unit of work (fixed: results never depend on it)
 constexpr int64_t kDbBlock = 128;      // database pixels per pass over a band (16 KB at 64 channels: L1)
 constexpr int64_t kPackChunk = 4096;   // pixels packed per unit when preparing the operands
 
