@@ -165,7 +165,8 @@ __attribute__((target("avx512f"))) uint32_t rows_reaching(const float* blk, cons
 // Bit c set when row[c] + err[c]·b reaches lim: the pairs of one query row that go to rescoring.
 __attribute__((target("avx512f"))) uint32_t pairs_passing(const float* row, const float* err, float b, float lim) {
   const __m512 vb = _mm512_set1_ps(b), vl = _mm512_set1_ps(lim);
-  const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_fmadd_ps(_mm512_loadu_ps(err), vb, _mm512_loadu_ps(row)), vl, _CMP_GE_OQ);
+  const __mmask16 lo =
+      _mm512_cmp_ps_mask(_mm512_fmadd_ps(_mm512_loadu_ps(err), vb, _mm512_loadu_ps(row)), vl, _CMP_GE_OQ);
   const __mmask16 hi =
       _mm512_cmp_ps_mask(_mm512_fmadd_ps(_mm512_loadu_ps(err + 16), vb, _mm512_loadu_ps(row + 16)), vl, _CMP_GE_OQ);
   return static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
@@ -204,6 +205,8 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   TopK none(0, k);
   if (Q == 0) return to_matches(none, H, W, d.h, d.w);
 
+  // Store index of packed database pixel j (the searched rows' planes one after another).
+  auto store_index = [&](int64_t j) { return rows[j / plane] * plane + j % plane; };
   // Operands, prepared once: queries row-major, database pixels in VNNI pairs of 16-pixel groups.
   AlignedBf16 qa(Qp * cp), db(Mp * cp);
   std::vector<float> qerr(Qp, 0.f), derr(Mp, 0.f);
@@ -224,7 +227,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     std::vector<float> px(C);
     std::vector<uint16_t> unit(cp);
     for (int64_t j = u * kPackChunk; j < std::min(M, (u + 1) * kPackChunk); ++j) {
-      load_f32(database, (rows[j / plane] * plane + j % plane) * C, C, px.data());
+      load_f32(database, store_index(j) * C, C, px.data());
       require_finite(px.data(), C, names.database);
       dsq[j] = canonical_rows(px.data(), px.data(), C, C).sq_a;
       derr[j] = round_unit(px.data(), dsq[j], C, cp, unit.data());
@@ -247,21 +250,24 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   }
   // The canonical value's own float32 rounding (2^-24) and the float32 arithmetic of the test.
   constexpr float kMargin = 0x1p-20f;
+  // An all-zero query has similarity 0 with everything: its k best are the k lowest store indices, the
+  // first k packed pixels in the order of the searched rows' store indices.
+  std::vector<int64_t> lowest;
+  if (std::find(qzero.begin(), qzero.begin() + Q, 1) != qzero.begin() + Q) {
+    std::vector<int64_t> order(R);
+    for (int64_t i = 0; i < R; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
+    for (int64_t i = 0; i < R && static_cast<int64_t>(lowest.size()) < k; ++i)
+      for (int64_t p = 0; p < plane && static_cast<int64_t>(lowest.size()) < k; ++p)
+        lowest.push_back(order[i] * plane + p);
+  }
   const int64_t bands = (Q + kQueryBand - 1) / kQueryBand;
   const int nw = workers_for(threads, bands);
   std::vector<TopK> best(nw, TopK(Q, k));
   std::vector<int64_t> rescored(nw, 0);
   parallel_units(bands, nw, cancel, [&](int64_t band, int wk) {
     TopK& top = best[wk];
-    std::vector<float> scratch(2 * C);
-    auto rescore = [&](int64_t q, int64_t j) {
-      const int64_t r = rows[j / plane], p = j % plane;
-      const float cv = canonical_patch_cosine(query, 0, H, W, q / W, q % W, database, r * plane * C, d.h, d.w,
-                                              p / d.w, p % d.w, C, 1, scratch.data());
-      top.insert(q, cv, r * plane + p);
-      ++rescored[wk];
-    };
-    // The candidates of one query in a block, rescored together (canonical_dots: the same values as
+    // Up to kPair candidates of one query, rescored together (canonical_dots: the same values as
     // canonical_patch_cosine with kernel 1, several independent sums at once).
     std::vector<float> qraw(C), xraw(kPair * C);
     std::vector<const float*> xptr(kPair);
@@ -270,7 +276,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     auto rescore_block = [&](int64_t q, const int64_t* js, int n) {
       load_f32(query, q * C, C, qraw.data());
       for (int t = 0; t < n; ++t) {
-        load_f32(database, (rows[js[t] / plane] * plane + js[t] % plane) * C, C, xraw.data() + t * C);
+        load_f32(database, store_index(js[t]) * C, C, xraw.data() + t * C);
         xptr[t] = xraw.data() + t * C;
       }
       canonical_dots(qraw.data(), xptr.data(), n, C, dots);
@@ -279,20 +285,15 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
         parts.dot = dots[t];
         parts.sq_a = qsq[q];
         parts.sq_b = dsq[js[t]];
-        top.insert(q, canonical_cosine(parts), rows[js[t] / plane] * plane + js[t] % plane);
+        top.insert(q, canonical_cosine(parts), store_index(js[t]));
       }
       rescored[wk] += n;
     };
     const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
-    // An all-zero query has similarity 0 with everything: its k best are the k lowest store indices.
-    std::vector<int64_t> order(R);
-    for (int64_t i = 0; i < R; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
     for (int64_t q = q0; q < q1; ++q) {
       if (!qzero[q]) continue;
-      int64_t n = 0;
-      for (int64_t i = 0; i < R && n < k; ++i)
-        for (int64_t p = 0; p < plane && n < k; ++p, ++n) rescore(q, order[i] * plane + p);
+      for (size_t t0 = 0; t0 < lowest.size(); t0 += kPair)
+        rescore_block(q, lowest.data() + t0, static_cast<int>(std::min<size_t>(kPair, lowest.size() - t0)));
     }
     load_tile_config();
     alignas(64) float blk[kPair * kPair];
