@@ -364,7 +364,7 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
          blocks measure the prune first; where it would not pay (more than a fifth of the pairs scored) the
          search is plain exact search. The coarse maps, ``coarse_k`` and ``margin`` are not used.
          With ``kernel_fine=1`` on a CPU with AMX-BF16 (``bf16_filter_ready()``), every pair is instead
-         scored in bfloat16 on AMX tiles (about ten times float32's rate) and rescored canonically
+         scored in bfloat16 on AMX tiles (at many times float32's rate) and rescored canonically
          unless a certified bound on the bfloat16 rounding puts it below the k-th best: the same
          result again, bit for bit.
        * ``prune="coarse"``: the paper's prune, which may miss the best match: the top ``coarse_k``

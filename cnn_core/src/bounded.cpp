@@ -18,11 +18,11 @@ using namespace detail;
 constexpr int64_t kQueryBlock = 8;
 constexpr int64_t kMaxBatchCells = 32;  // cells scored per GEMM once the thresholds are set
 constexpr int64_t kPilotBlocks = 4;
-constexpr int64_t kSampleCells = 64;
+constexpr int64_t kSampleCells = 64;  // cells measured before any other work
+constexpr float kCellRhoMin = 0.866f;  // cos 30°: a sampled median radius wider than this means exact search
 // Fewer query positions than this: plain exact search (the AMX operands or the cells are prepared per
 // search, and below about 256 positions that costs more than it saves; measured at 90x120 maps).
-constexpr int64_t kMinPrunedQueries = 512;  // cells measured before any other work
-constexpr float kCellRhoMin = 0.866f;  // cos 30°: a sampled median radius wider than this means exact search
+constexpr int64_t kMinPrunedQueries = 512;
 
 int64_t cell_size(int64_t dims) { return dims <= 256 ? 4 : dims <= 1024 ? 8 : 16; }
 

@@ -13,8 +13,8 @@ fast matcher chosen by `choose_method`, and exact search is run on a few queries
   exact search where the bounds would not prune (metrics.json `bound_prune`: the rule, images that used
   the bounds, the fraction of query x database pairs compared exactly).
 * Which fast matcher: "hierarchical" whenever its fine search is 1x1 and the CPU scores pairs in
-  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", 7-17 times
-  faster at CamVid's sizes); else "shortlist" when exact search within the shortlist costs at most
+  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", 4-10 times
+  faster at CamVid's sizes on a quiet machine, README); else "shortlist" when exact search within the shortlist costs at most
   SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
   a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e13).
 * How many queries get the reference searches (`exact_query_count`), counted separately for exact over
@@ -239,10 +239,11 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
     bounds = [r["bounds"] for r in results if r.get("bounds")]
     if bounds:  # the certified prune: how much of exact-within-shortlist's work it skipped
         summary["bound_prune"] = {
-            "rule": ("1x1 patches on a CPU with AMX-BF16: every pair scored in bfloat16, rescored canonically "
-                     "unless the certified bound rules it out; else pilot blocks decide per image: bounds "
-                     "used when they score at most a fifth of their pairs, else plain exact search (same "
-                     "answers either way)"),
+            "rule": ("under 512 query positions plain exact search; else 1x1 patches on a CPU with AMX-BF16: "
+                     "every pair scored in bfloat16, rescored canonically unless the certified bound rules it "
+                     "out; else a sample of 64 cells wider than 30 degrees (median) means plain exact search, "
+                     "and otherwise pilot blocks decide per image: bounds used when they score at most a fifth "
+                     "of their pairs, else plain exact search (same answers either way)"),
             "filter": sorted({str(b.get("filter", "float32")) for b in bounds}),
             "images_using_bounds": sum(bool(b["used_bounds"]) for b in bounds), "n_images": len(bounds),
             "pairs_scored_fraction": float(sum(b["pairs_scored"] for b in bounds) / sum(b["pairs"] for b in bounds)),

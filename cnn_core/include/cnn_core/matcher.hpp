@@ -150,7 +150,7 @@ constexpr double kBoundsGiveUp = 0.2;
 // (no bound rules out such cells; BoundStats::cell_rho_median). A query of fewer than 512 positions is
 // searched by patch_topk directly (preparing the database would cost more than it saves).
 // With kernel 1 on a CPU with AMX-BF16 (amx_bf16_ready), every pair is instead scored in bfloat16 on
-// AMX tiles, about ten times float32's rate, and rescored canonically unless a certified bound on the
+// AMX tiles, at many times float32's rate, and rescored canonically unless a certified bound on the
 // bfloat16 error puts it below the k-th best (cnn_core/src/amx.cpp): the same result again.
 PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
                                 int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {},
