@@ -265,8 +265,26 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   const int nw = workers_for(threads, bands);
   std::vector<TopK> best(nw, TopK(Q, k));
   std::vector<int64_t> rescored(nw, 0);
+  // A pair the bound keeps waits in its query's list with its upper bound; the canonical rescoring runs
+  // once the band has seen every database pixel, against the k-th best LOWER bound by then. Rescoring as
+  // pairs came (against the k-th best canonical value so far) sent 100 times more pairs than there are
+  // near-ties to rescoring: the first blocks, seen while a query's threshold was still low, all passed.
+  struct Waiting {
+    int64_t j;
+    float key;  // s + e_x·b_q: passes a threshold t when key >= t - a_q - kMargin
+  };
+  struct BandBuffers {
+    TopK lower;                               // per query of the band: the k best lower bounds, j as index
+    std::vector<std::vector<Waiting>> wait;   // per query of the band
+  };
+  std::vector<BandBuffers> bufs(nw);
   parallel_units(bands, nw, cancel, [&](int64_t band, int wk) {
     TopK& top = best[wk];
+    const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
+    BandBuffers& bb = bufs[wk];
+    bb.lower = TopK(q1 - q0, k);
+    bb.wait.resize(q1 - q0);
+    for (auto& w : bb.wait) w.clear();
     // Up to kPair candidates of one query, rescored together (canonical_dots: the same values as
     // canonical_patch_cosine with kernel 1, several independent sums at once).
     std::vector<float> qraw(C), xraw(kPair * C);
@@ -289,16 +307,24 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
       }
       rescored[wk] += n;
     };
-    const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
     for (int64_t q = q0; q < q1; ++q) {
       if (!qzero[q]) continue;
       for (size_t t0 = 0; t0 < lowest.size(); t0 += kPair)
         rescore_block(q, lowest.data() + t0, static_cast<int>(std::min<size_t>(kPair, lowest.size() - t0)));
     }
+    // What a pair's key must reach for the pair to possibly be among query q's k best (the lower bounds'
+    // threshold is at most the k-th best canonical similarity: each of those k pairs is at least its bound).
+    auto limit = [&](int64_t q) { return bb.lower.threshold(q - q0) - qa_slack[q] - kMargin; };
+    // Drops the waiting pairs of q that the current threshold rules out (when the list has grown).
+    auto compact = [&](int64_t q) {
+      std::vector<Waiting>& w = bb.wait[q - q0];
+      const float lim = limit(q);
+      w.erase(std::remove_if(w.begin(), w.end(), [&](const Waiting& c) { return !(c.key >= lim); }), w.end());
+    };
+    const size_t compact_at = static_cast<size_t>(std::max<int64_t>(64, 4 * k));
     load_tile_config();
     alignas(64) float blk[kPair * kPair];
     float lim_row[kPair];
-    auto limit = [&](int64_t q) { return top.threshold(q) - qa_slack[q] - kMargin; };
     for (int64_t m0 = 0; m0 < Mp; m0 += kDbBlock) {
       const int64_t m1 = std::min(Mp, m0 + kDbBlock);
       float eblock = 0.f;
@@ -315,19 +341,35 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
           block_32x32(qa.data() + i0 * cp, cp, db.data() + j0 * cp, db.data() + (j0 + kTile) * cp, blk);
           for (uint32_t hits = rows_reaching(blk, lim_row); hits; hits &= hits - 1) {
             const int64_t r = __builtin_ctz(hits), q = i0 + r;
-            int n = 0;
-            for (uint32_t cols = pairs_passing(blk + r * kPair, derr.data() + j0, qb_slack[q], limit(q)); cols;
+            const float* row = blk + r * kPair;
+            std::vector<Waiting>& w = bb.wait[q - q0];
+            for (uint32_t cols = pairs_passing(row, derr.data() + j0, qb_slack[q], limit(q)); cols;
                  cols &= cols - 1) {
-              const int64_t j = j0 + __builtin_ctz(cols);
-              if (j < M) cand[n++] = j;
+              const int64_t c = __builtin_ctz(cols), j = j0 + c;
+              if (j >= M) continue;  // padding
+              const float e = derr[j] * qb_slack[q];
+              w.push_back({j, row[c] + e});
+              // Lower bound of the canonical value: s - slack, less the margin (as the limit's).
+              bb.lower.insert(q - q0, row[c] - e - qa_slack[q] - kMargin, j);
             }
-            if (n) rescore_block(q, cand, n);
+            if (w.size() >= compact_at) compact(q);
             lim_row[r] = limit(q) - eblock * qb_slack[q];
           }
         }
       }
     }
     release_tiles();
+    // Canonical rescoring of the pairs the final lower bounds leave, a query's pairs in batches.
+    for (int64_t q = q0; q < q1; ++q) {
+      if (qzero[q]) continue;
+      compact(q);
+      const std::vector<Waiting>& w = bb.wait[q - q0];
+      for (size_t t0 = 0; t0 < w.size(); t0 += kPair) {
+        const int n = static_cast<int>(std::min<size_t>(kPair, w.size() - t0));
+        for (int t = 0; t < n; ++t) cand[t] = w[t0 + t].j;
+        rescore_block(q, cand, n);
+      }
+    }
   });
   for (int w = 1; w < nw; ++w) best[0].merge(best[w]);
   st.pairs = Q * M;
