@@ -150,6 +150,19 @@ std::vector<int64_t> positions_arg(const py::object& o) {
   return std::vector<int64_t>(r.data(), r.data() + r.size());
 }
 
+// What bounded_patch_topk did, as the dict match.hierarchical(stats=...) and match.patches(stats=...) fill.
+py::dict stats_dict(const cnn_core::BoundStats& st) {
+  py::dict stats;
+  stats["pairs"] = st.pairs;
+  stats["pairs_scored"] = st.pairs_scored;
+  stats["pilot_fraction"] = st.pilot_fraction;
+  stats["cell_rho_median"] = st.cell_rho_median;
+  stats["used_bounds"] = st.used_bounds;
+  stats["filter"] = st.filter;
+  if (st.pairs_rescored >= 0) stats["pairs_rescored"] = st.pairs_rescored;
+  return stats;
+}
+
 // The index borrows the database's memory: the Python object keeps the array alive.
 struct PyPatchIndex {
   py::object database;
@@ -255,6 +268,27 @@ PYBIND11_MODULE(_core, m) {
       "(image, y, x, similarity) arrays (H, W, k) of a patch search; progress(done, total) between work units");
 
   m.def(
+      "bounded_patches",
+      [](const py::object& q, const py::object& d, const py::object& rows, const py::object& kernel,
+         const py::object& k, const py::object& threads, const py::object& progress) {
+        const Tensor qt = view(q, "query"), dt = view(d, "database");
+        const auto r = rows_arg(rows);
+        const int64_t K = int_arg(kernel, "kernel"), kk = int_arg(k, "k"), t = int_arg(threads, "threads");
+        const cnn_core::Progress pr = progress_arg(progress);
+        cnn_core::BoundStats st;
+        py::tuple m = matches_tuple(without_gil([&](const cnn_core::Cancel& c) {
+          cnn_core::ProgressScope scope(pr);
+          return cnn_core::bounded_patch_topk(qt, dt, r, K, kk, t, c, &st);
+        }));
+        return py::make_tuple(m[0], m[1], m[2], m[3], stats_dict(st));
+      },
+      py::arg("query"), py::arg("database"), py::arg("rows"), py::arg("kernel"), py::arg("k"), py::arg("threads"),
+      py::arg("progress") = py::none(),
+      "(image, y, x, similarity, stats): patches' result, bit for bit, through the certified fast search "
+      "(bounded_patch_topk: the AMX bfloat16 filter for K = 1 where the CPU has it, else bounded cells, else "
+      "patches itself)");
+
+  m.def(
       "hierarchical",
       [](const py::object& qf, const py::object& dbf, const py::object& qc, const py::object& dbc,
          const py::object& qg, const py::object& dbg, const py::object& rows, const py::object& kernel_fine,
@@ -281,17 +315,7 @@ PYBIND11_MODULE(_core, m) {
           cnn_core::ProgressScope scope(pr);
           return cnn_core::hierarchical(a, b, c, d, e, f, r, p, cancel, &st);
         }));
-        py::dict stats;
-        if (p.prune == cnn_core::Prune::Bounds) {
-          stats["pairs"] = st.pairs;
-          stats["pairs_scored"] = st.pairs_scored;
-          stats["pilot_fraction"] = st.pilot_fraction;
-          stats["cell_rho_median"] = st.cell_rho_median;
-          stats["used_bounds"] = st.used_bounds;
-          stats["filter"] = st.filter;
-          if (st.pairs_rescored >= 0) stats["pairs_rescored"] = st.pairs_rescored;
-        }
-        return py::make_tuple(m[0], m[1], m[2], m[3], stats);
+        return py::make_tuple(m[0], m[1], m[2], m[3], p.prune == cnn_core::Prune::Bounds ? stats_dict(st) : py::dict());
       },
       py::arg("query_fine"), py::arg("db_fine"), py::arg("query_coarse"), py::arg("db_coarse"),
       py::arg("query_global"), py::arg("db_global"), py::arg("rows"), py::arg("kernel_fine"),

@@ -227,7 +227,7 @@ class SearchProgress:
 def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=None, k: int = 1,
                 threads: int | None = None, coarse_layer: str | None = None, global_layer: str | None = None,
                 shortlist: int = 10, coarse_k: int = 8, margin: int = 1, prune: str = "bounds",
-                progress: str | None = None, stats: dict | None = None):
+                progress: str | None = None, stats: dict | None = None, certified: bool = False):
     """Native-resolution patch matches of query image i at `layer` against `db` (kernel from layer_meta).
 
     method "exact" searches every position of every (allowed) database image; "shortlist" takes the
@@ -238,7 +238,10 @@ def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=No
     the paper's prune: `coarse_k` positions per position of `coarse_layer`, then only under those at
     `layer` (DESIGN.md "Hierarchical prune"), which may miss the best match. `progress`: a description;
     a search still running after 10 s then shows its work units (SearchProgress). `stats`: a dict that
-    receives the bound prune's counts (match.hierarchical).
+    receives the bound prune's counts (match.hierarchical, or match.patches with `certified`).
+    `certified`: "exact" and "shortlist" search through match.patches(certified=True), the certified
+    fast search with the same answers bit for bit (the AMX bfloat16 filter for 1×1 patches where the CPU
+    has it); off by default, so that "exact" stays the float32 reference the fast matchers are timed against.
     """
     if method not in ("exact", "shortlist", "hierarchical"):
         raise ValueError(f"method must be 'exact', 'shortlist' or 'hierarchical', got {method!r}")
@@ -253,6 +256,8 @@ def match_layer(db, query, i: int, *, layer: str, method: str = "exact", rows=No
     q = np.asarray(query.layer(layer)[i])
     bar = SearchProgress(progress) if progress else None
     extra = {"progress": bar} if bar is not None else {}
+    if certified and method != "hierarchical":
+        extra.update(certified=True, stats=stats)
     try:
         if method == "exact":
             return _matcher().patches(q, db.layer(layer), kernel=kernel, k=k, rows=rows, threads=threads, **extra)

@@ -260,7 +260,8 @@ def exact(queries: ArrayLike, database: ArrayLike, *, k: int = 1, threads: int |
 
 
 def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, rows: ArrayLike | None = None,
-            threads: int | None = None, progress: Callable[[int, int], object] | None = None) -> Matches:
+            threads: int | None = None, progress: Callable[[int, int], object] | None = None,
+            certified: bool = False, stats: dict[str, Any] | None = None) -> Matches:
     """Exact top-k nearest K×K patches: for every position of a query feature map, the database
     positions whose surrounding K×K patch is closest in cosine (paper sec. 3, "Patch nearest-neighbors").
 
@@ -282,6 +283,13 @@ def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, r
         and in range; results still name store rows. None searches all N.
       threads: worker threads; None = every CPU this process may use. Results do not depend on it.
       progress: optional ``progress(done, total)`` callable (module docstring).
+      certified: False (default) runs the plain float32 shift-sum search below. True gives the same
+        result, bit for bit, through the certified fast search of ``hierarchical(prune="bounds")`` over
+        the searched rows (no shortlist): for ``kernel=1`` on a CPU with AMX-BF16
+        (``bf16_filter_ready()``) every pair scored in bfloat16 and rescored canonically where its
+        certified error bound cannot rule it out; otherwise bounded cells where they prune, else this
+        same search. Benchmarks leave it False: it is the reference the fast search is timed against.
+      stats: a dict that, with ``certified=True``, receives the counts ``hierarchical`` reports.
 
     Returns:
       ``Matches`` with ``image``, ``y``, ``x``, ``similarity``, each (H, W, k), best first.
@@ -307,7 +315,12 @@ def patches(query: ArrayLike, database: ArrayLike, *, kernel: int, k: int = 1, r
     """
     q = _float_array(query, "query")
     d = _float_array(database, "database")
-    return _matches(_core.patches(q, d, rows, kernel, k, _threads(threads), False, progress))
+    if not certified:
+        return _matches(_core.patches(q, d, rows, kernel, k, _threads(threads), False, progress))
+    *res, st = _core.bounded_patches(q, d, rows, kernel, k, _threads(threads), progress)
+    if stats is not None:
+        stats.update(st)
+    return _matches(res)
 
 
 def global_shortlist(query: ArrayLike, database: ArrayLike, S: int, *, rows: ArrayLike | None = None,

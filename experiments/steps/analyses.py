@@ -68,13 +68,16 @@ def search_scope(db, cfg, layer: str, threads) -> tuple[dict[str, Any], str]:
     that chose them: exact search over every training image when that costs at most ALL_IMAGES_BUDGET
     multiply-adds per query image (compnn.search_cost), else exact search within the S = cfg.shortlist
     images closest by the global descriptor (at CamVid 360x480, one exact search over 367 images is
-    hours on two cores)."""
+    hours on two cores). Either way through the certified fast search (compose.match_layer `certified`:
+    the same answers as exact search, bit for bit; for 1×1 patches on a CPU with AMX-BF16 about 8-10
+    times faster)."""
     cost = search_cost(db, layer, len(db))
     if cost <= ALL_IMAGES_BUDGET or cfg.shortlist >= len(db):
-        return {"method": "exact", "threads": threads}, (
+        return {"method": "exact", "threads": threads, "certified": True}, (
             f"exact over all {len(db)} training images: {cost:.2g} multiply-adds <= {ALL_IMAGES_BUDGET:.0e}")
     ms = db.metadata["match_spec"]
-    return {"method": "shortlist", "global_layer": ms["global"], "shortlist": cfg.shortlist, "threads": threads}, (
+    return {"method": "shortlist", "global_layer": ms["global"], "shortlist": cfg.shortlist, "threads": threads,
+            "certified": True}, (
         f"exact within the {cfg.shortlist}-image global shortlist: over all {len(db)} images it would cost "
         f"{cost:.2g} multiply-adds > {ALL_IMAGES_BUDGET:.0e}")
 
