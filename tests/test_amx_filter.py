@@ -86,6 +86,21 @@ def test_zero_vectors_scales_float16_and_threads():
     assert _same(got16, match.patches(small[0].astype(np.float16), small[1:].astype(np.float16), kernel=1, k=2))
 
 
+def test_large_queries_in_large_bands_and_deferred_rescoring():
+    """A query of 33,000+ positions is split into bands of 2048 (smaller ones into 512): same answers for
+    any thread count. Its near-duplicate database (each image a jittered copy of the query's rows) keeps
+    many pairs above a query's running threshold; rescoring them only once the whole database is seen,
+    against the k-th best certified lower bound, still rescores every pair that could be among the k best."""
+    rng = np.random.default_rng(13)
+    q = relu_maps(rng, 1, 192, 176, 16)[0]      # 33,792 positions
+    db = np.repeat(q[None, ::8, ::8], 3, axis=0) * (1 + rng.random((3, 1, 1, 16), dtype=np.float32) * 2 ** -8)
+    db = np.ascontiguousarray(db, dtype=np.float32)
+    want = match.patches(q, db, kernel=1, k=2)
+    for threads in (1, 2):
+        got, st = _search(q, db, 2, threads=threads)
+        assert st["filter"] == "amx_bf16" and _same(got, want), threads
+
+
 def test_small_queries_use_plain_exact_search():
     """Under 512 query positions the database is not prepared: plain exact search, same answers."""
     maps = relu_maps(np.random.default_rng(2), 4, 20, 25, 16)   # 500 positions

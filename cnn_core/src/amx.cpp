@@ -30,8 +30,12 @@ using namespace detail;
 
 constexpr int64_t kTile = 16;          // AMX tile: 16 rows × 64 bytes (32 bfloat16 values)
 constexpr int64_t kPair = 32;          // queries and database pixels per block of 2×2 tiles
-constexpr int64_t kQueryBand = 512;    // queries per unit of work (fixed: results never depend on it)
-constexpr int64_t kDbBlock = 128;      // database pixels per pass over a band (16 KB at 64 channels: L1)
+// Queries per unit of work: a band's operands stay in L2 while the whole database streams past it once,
+// so bigger bands stream it fewer times (360x480: 2048 took 0.84 of 512's time), but a small query needs
+// enough bands to keep every worker busy (90x120, 10800 queries: 512 took 0.92 of 2048's). Fixed by the
+// query's size alone, never by the thread count, so results never depend on it.
+constexpr int64_t kQueryBand = 512, kQueryBandLarge = 2048;
+constexpr int64_t kDbBlock = 256;      // database pixels per pass over a band (32 KB at 64 channels: L1)
 constexpr int64_t kPackChunk = 4096;   // pixels packed per unit when preparing the operands
 
 // Round-to-nearest-even bfloat16 bits of a float32 whose magnitude is at most 1; values below float32's
@@ -261,7 +265,8 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
       for (int64_t p = 0; p < plane && static_cast<int64_t>(lowest.size()) < k; ++p)
         lowest.push_back(order[i] * plane + p);
   }
-  const int64_t bands = (Q + kQueryBand - 1) / kQueryBand;
+  const int64_t band_size = Q >= 16 * kQueryBandLarge ? kQueryBandLarge : kQueryBand;
+  const int64_t bands = (Q + band_size - 1) / band_size;
   const int nw = workers_for(threads, bands);
   std::vector<TopK> best(nw, TopK(Q, k));
   std::vector<int64_t> rescored(nw, 0);
@@ -280,7 +285,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   std::vector<BandBuffers> bufs(nw);
   parallel_units(bands, nw, cancel, [&](int64_t band, int wk) {
     TopK& top = best[wk];
-    const int64_t q0 = band * kQueryBand, q1 = std::min(Q, q0 + kQueryBand);
+    const int64_t q0 = band * band_size, q1 = std::min(Q, q0 + band_size);
     BandBuffers& bb = bufs[wk];
     bb.lower = TopK(q1 - q0, k);
     bb.wait.resize(q1 - q0);
