@@ -378,8 +378,9 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
          search is plain exact search. The coarse maps, ``coarse_k`` and ``margin`` are not used.
          With ``kernel_fine=1`` on a CPU with AMX-BF16 (``bf16_filter_ready()``), every pair is instead
          scored in bfloat16 on AMX tiles (at many times float32's rate) and rescored canonically
-         unless a certified bound on the bfloat16 rounding puts it below the k-th best: the same
-         result again, bit for bit.
+         unless a certified bound on the bfloat16 rounding puts it below the k-th best, and blocks of
+         4x8 query and 4x8 database pixels whose cone bound rules them out whole are skipped (trained
+         features): the same result again, bit for bit.
        * ``prune="coarse"``: the paper's prune, which may miss the best match: the top ``coarse_k``
          coarse positions for each coarse query position (``kernel_coarse`` patches; ``coarse_k=None``
          keeps every position, making the prune a no-op), then fine patches only inside the fine regions

@@ -101,6 +101,46 @@ def test_large_queries_in_large_bands_and_deferred_rescoring():
         assert st["filter"] == "amx_bf16" and _same(got, want), threads
 
 
+def two_family_maps(rng, shape, c=24, sigma=5.0):
+    """Smooth positive maps: images 0-3 (the query and three database images) live on the first half of the
+    channels, images 4-6 on the second half, so a query's 4x8 groups are near some database groups and
+    orthogonal to others, which the group bounds rule out whole."""
+    from scipy.ndimage import gaussian_filter
+    n, h, w = shape
+    m = np.maximum(gaussian_filter(rng.standard_normal((n, h, w, c)), (0, sigma, sigma, 0)) * 5 + 0.5, 0)
+    m[:4, ..., c // 2:] = 0
+    m[4:, ..., :c // 2] = 0
+    return m.astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_group_bounds_skip_blocks_and_keep_exact_answers(k):
+    """Groups of 32 pixels (4 rows x 8 columns) with a centroid and a certified radius: whole 32x32 blocks
+    whose cone bound lies below every query's limit are skipped. Map sides that are not multiples of 4 and
+    8 (padding slots), zero pixels in both maps, float16 and thread counts: exact search's answers."""
+    rng = np.random.default_rng(21 + k)
+    maps = two_family_maps(rng, (7, 23, 37))
+    maps[0, 5, 3:9] = 0     # zero query pixels
+    maps[2, 7:9, 2:6] = 0   # zero database pixels (groups with a zero member)
+    q, db = maps[0], maps[1:]
+    want = match.patches(q, db, kernel=1, k=k)
+    for threads in (1, 2, 3):
+        got, st = _search(q, db, k, threads=threads)
+        assert _same(got, want), threads
+    assert st["used_bounds"] and st["pairs_scored"] < 0.7 * st["pairs"], st
+    got16, st16 = _search(q, db, k, dtype=np.float16)
+    assert st16["used_bounds"] and _same(got16, match.patches(q.astype(np.float16), db.astype(np.float16),
+                                                               kernel=1, k=k))
+
+
+def test_group_bounds_stay_off_for_wide_groups():
+    """Unstructured maps (every group about 90 degrees wide): no group bound is computed, every block scored."""
+    maps = np.random.default_rng(4).standard_normal((4, 24, 32, 16)).astype(np.float32)
+    got, st = _search(maps[0], maps[1:], 2)
+    assert not st["used_bounds"] and st["pairs_scored"] == st["pairs"]
+    assert _same(got, match.patches(maps[0], maps[1:], kernel=1, k=2))
+
+
 def test_small_queries_use_plain_exact_search():
     """Under 512 query positions the database is not prepared: plain exact search, same answers."""
     maps = relu_maps(np.random.default_rng(2), 4, 20, 25, 16)   # 500 positions

@@ -148,6 +148,20 @@ __attribute__((noinline)) void canonical_dots(const float* a, const float* const
   }
 }
 
+__attribute__((noinline)) void canonical_sq_norms(const float* const* v, int n, int64_t c, double* out) {
+  constexpr int kBatch = 8;  // independent chains, as in canonical_dots
+  for (int t0 = 0; t0 < n; t0 += kBatch) {
+    const int m = std::min(kBatch, n - t0);
+    double sq[kBatch] = {};
+    for (int64_t i = 0; i < c; ++i)
+      for (int t = 0; t < m; ++t) {
+        const double x = v[t0 + t][i];
+        sq[t] = std::fma(x, x, sq[t]);
+      }
+    for (int t = 0; t < m; ++t) out[t0 + t] = 0.0 + sq[t];  // as canonical_rows adds its one group to 0
+  }
+}
+
 __attribute__((noinline)) float canonical_cosine(const CanonicalParts& p) {
   if (p.sq_a == 0 || p.sq_b == 0) return 0.f;
   return static_cast<float>(p.dot / (std::sqrt(p.sq_a) * std::sqrt(p.sq_b)));

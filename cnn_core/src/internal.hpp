@@ -346,6 +346,9 @@ CanonicalParts canonical_rows(const float* a, const float* b, int64_t n, int64_t
 // The canonical dot products of row `a` with rows b[0..n) of c values, one group each: bit for bit the
 // `dot` of canonical_rows(a, b[t], c, c), several rows at once (their norms: canonical_rows(x, x, c, c)).
 void canonical_dots(const float* a, const float* const* b, int n, int64_t c, double* out);
+// The canonical squared norms of rows v[0..n) of c values: bit for bit canonical_rows(v[t], v[t], c, c).sq_a,
+// several rows at once.
+void canonical_sq_norms(const float* const* v, int n, int64_t c, double* out);
 // The similarity from canonical parts.
 float canonical_cosine(const CanonicalParts& p);
 

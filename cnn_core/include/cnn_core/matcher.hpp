@@ -151,7 +151,9 @@ constexpr double kBoundsGiveUp = 0.2;
 // searched by patch_topk directly (preparing the database would cost more than it saves).
 // With kernel 1 on a CPU with AMX-BF16 (amx_bf16_ready), every pair is instead scored in bfloat16 on
 // AMX tiles, at many times float32's rate, and rescored canonically unless a certified bound on the
-// bfloat16 error puts it below the k-th best (cnn_core/src/amx.cpp): the same result again.
+// bfloat16 error puts it below the k-th best; blocks of 4×8 query and 4×8 database pixels whose cone
+// bound rules them out are skipped (cnn_core/src/amx.cpp): the same result again. Then pairs_scored
+// counts the pairs of the blocks multiplied and used_bounds says whether a block was skipped.
 PatchMatches bounded_patch_topk(const Tensor& query, const Tensor& database, const std::vector<int64_t>& rows,
                                 int64_t kernel, int64_t k, int64_t threads, const Cancel& cancel = {},
                                 BoundStats* stats = nullptr);
