@@ -241,7 +241,8 @@ def run_compnn(d: Path, cfg, spec, export_dir: Path, match_method: str, threads,
         summary["bound_prune"] = {
             "rule": ("under 512 query positions plain exact search; else 1x1 patches on a CPU with AMX-BF16: "
                      "every pair scored in bfloat16, rescored canonically unless the certified bound rules it "
-                     "out; else a sample of 64 cells wider than 30 degrees (median) means plain exact search, "
+                     "out, and 32x32 blocks of 4x8-pixel groups skipped whole where a cone bound on the groups "
+                     "rules them out (only where the median group is narrower than 60 degrees); else a sample of 64 cells wider than 30 degrees (median) means plain exact search, "
                      "and otherwise pilot blocks decide per image: bounds used when they score at most a fifth "
                      "of their pairs, else plain exact search (same answers either way)"),
             "filter": sorted({str(b.get("filter", "float32")) for b in bounds}),
