@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import re
+import signal
 import sys
 import threading
 import time
@@ -620,6 +621,9 @@ def serve(explorer: Explorer, host: str, port: int) -> int:
         print(f"warning: serving on {host}: anyone who reaches this address sees the run's images", flush=True)
     print(f"compnn explorer: {explorer.files.run_dir} at http://{shown}:{server.server_port}/ (Ctrl-C stops)",
           flush=True)
+    # A shell starts background jobs without job control (`cmd &` in a script, CI runners) with SIGINT
+    # ignored, and Python then leaves it ignored: Ctrl-C or `kill -INT` would not stop the server.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()  # werkzeug's returns on Ctrl-C (it catches KeyboardInterrupt itself)
     except KeyboardInterrupt:

@@ -47,13 +47,16 @@ def fake_run(root: Path, *, sources=None) -> Path:
 class Server:
     """`python -m experiments.explore --out_dir=RUN --port=0` in a subprocess; `url` once it listens."""
 
-    def __init__(self, run: Path, *extra: str):
+    def __init__(self, run: Path, *extra: str, sigint_ignored: bool = False):
         # stderr (one log line per request) goes to a file: a pipe nobody reads would fill and block it.
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen([sys.executable, "-m", "experiments.explore", f"--out_dir={run}", "--port=0",
                                       *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True)
+                                     text=True,
+                                     # as a shell starts `cmd &` without job control: SIGINT ignored
+                                     preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                                     if sigint_ignored else None)
         self.lines = []
         for line in self.proc.stdout:  # the ready signal: the line with the URL
             self.lines.append(line)

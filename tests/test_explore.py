@@ -217,6 +217,15 @@ def test_nothing_written_into_the_run_and_ctrl_c_stops(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+def test_ctrl_c_stops_a_server_started_with_sigint_ignored(tmp_path):
+    """A background job of a script (`python -m experiments.explore ... &`) starts with SIGINT ignored; the
+    explorer still stops on it (before, it kept serving and the caller waited forever)."""
+    s = Server(fake_run(tmp_path), sigint_ignored=True)
+    assert s.get("/api/info")[0] == 200
+    code, out = s.stop()
+    assert code == 0 and "stopped" in out
+
+
 def _explore(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "experiments.explore", *args], cwd=ROOT, env=env,
