@@ -396,7 +396,8 @@ def hierarchical(query_fine: ArrayLike, db_fine: ArrayLike, *, kernel_fine: int,
     compared exactly), ``pilot_fraction`` (of the pilot blocks' pairs scored before they decided) and
     ``used_bounds`` (False: plain exact search ran, the pilot blocks scoring more than a fifth of their
     pairs) and ``filter`` (``"float32"``, or ``"amx_bf16"`` with ``pairs_rescored``: the pairs the
-    bfloat16 bound let through to canonical rescoring).
+    bfloat16 bound let through to canonical rescoring; there ``pairs_scored`` counts the pairs of the
+    blocks multiplied and ``used_bounds`` whether a group bound skipped any).
 
     Returns:
       ``Matches`` (H, W, k) on the fine grid; with ``prune="coarse"``, positions left with fewer than k

@@ -121,8 +121,9 @@ enum class Prune { Bounds, Coarse };
 // and whether the bounds were used at all (a pilot block that scores more than kBoundsGiveUp of its pairs
 // stops there, and the search is plain exact search; pilot_fraction: the pilots' scored fraction so far).
 // `filter`: how pairs were scored before the canonical rescoring, "float32" (GEMM) or "amx_bf16"
-// (bfloat16 on AMX tiles, with its certified slack; then pairs_scored = pairs and pairs_rescored counts
-// the pairs the slack let through to the canonical rescoring).
+// (bfloat16 on AMX tiles, with its certified slack; then pairs_scored counts the pairs of the 32×32 blocks
+// multiplied, used_bounds says whether a group bound skipped any block, and pairs_rescored counts the
+// pairs the slack let through to the canonical rescoring).
 struct BoundStats {
   int64_t pairs = 0, pairs_scored = 0, pairs_rescored = -1;
   double pilot_fraction = 0;
