@@ -134,32 +134,27 @@ __attribute__((noinline)) CanonicalParts canonical_rows(const float* a, const fl
   return p;
 }
 
+namespace {
+// Up to kDotBatch canonical dot products a[t]·b[t] of c values, as independent chains (a multiply-add's
+// latency is hidden behind the others); each is bit for bit the `dot` of canonical_rows(a[t], b[t], c, c).
+constexpr int kDotBatch = 8;
+void dot_batch(const float* const* a, const float* const* b, int m, int64_t c, double* out) {
+  double dot[kDotBatch] = {};
+  for (int64_t i = 0; i < c; ++i)
+    for (int t = 0; t < m; ++t) dot[t] = std::fma(static_cast<double>(a[t][i]), static_cast<double>(b[t][i]), dot[t]);
+  for (int t = 0; t < m; ++t) out[t] = 0.0 + dot[t];  // as canonical_rows adds its one group to 0
+}
+}  // namespace
+
 __attribute__((noinline)) void canonical_dots(const float* a, const float* const* b, int n, int64_t c,
                                               double* out) {
-  constexpr int kBatch = 8;  // independent chains: a multiply-add's latency is hidden behind the others
-  for (int t0 = 0; t0 < n; t0 += kBatch) {
-    const int m = std::min(kBatch, n - t0);
-    double dot[kBatch] = {};
-    for (int64_t i = 0; i < c; ++i) {
-      const double x = a[i];
-      for (int t = 0; t < m; ++t) dot[t] = std::fma(x, static_cast<double>(b[t0 + t][i]), dot[t]);
-    }
-    for (int t = 0; t < m; ++t) out[t0 + t] = 0.0 + dot[t];  // as canonical_rows adds its one group to 0
-  }
+  const float* as[kDotBatch];
+  std::fill(as, as + kDotBatch, a);
+  for (int t0 = 0; t0 < n; t0 += kDotBatch) dot_batch(as, b + t0, std::min(kDotBatch, n - t0), c, out + t0);
 }
 
 __attribute__((noinline)) void canonical_sq_norms(const float* const* v, int n, int64_t c, double* out) {
-  constexpr int kBatch = 8;  // independent chains, as in canonical_dots
-  for (int t0 = 0; t0 < n; t0 += kBatch) {
-    const int m = std::min(kBatch, n - t0);
-    double sq[kBatch] = {};
-    for (int64_t i = 0; i < c; ++i)
-      for (int t = 0; t < m; ++t) {
-        const double x = v[t0 + t][i];
-        sq[t] = std::fma(x, x, sq[t]);
-      }
-    for (int t = 0; t < m; ++t) out[t0 + t] = 0.0 + sq[t];  // as canonical_rows adds its one group to 0
-  }
+  for (int t0 = 0; t0 < n; t0 += kDotBatch) dot_batch(v + t0, v + t0, std::min(kDotBatch, n - t0), c, out + t0);
 }
 
 __attribute__((noinline)) float canonical_cosine(const CanonicalParts& p) {
