@@ -42,7 +42,7 @@ constexpr int64_t kPair = 32;          // queries and database pixels per block 
 // query's size alone, never by the thread count, so results never depend on it.
 constexpr int64_t kQueryBand = 512, kQueryBandLarge = 2048;
 constexpr int64_t kDbBlock = 256;      // database pixels per pass over a band (32 KB at 64 channels: L1)
-constexpr int64_t kPackChunk = 4096;   // pixels packed per unit when preparing the operands
+constexpr int64_t kPackChunk = 4096;   // pixels per worker when preparing the operands (fewer: fewer workers)
 constexpr int64_t kGroupRows = 4, kGroupCols = 8;  // a group of 32 pixels: 4 rows × 8 columns of one map
 constexpr float kGroupRhoMin = 0.5f;   // cos 60°: a median database group wider than this, no group bounds
 
@@ -254,18 +254,27 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   AlignedBf16 qa(Qp * cp), db(Mp * cp);
   std::vector<float> qerr(Qp, 0.f), derr(Mp, 0.f);
   std::vector<double> qsq(Qp, 0), dsq(Mp, 0);  // canonical squared norms of the original values
-  std::vector<char> qzero(Qp, 1), dvalid(Mp, 0);
+  std::vector<char> qzero(Qp, 1);
   // Per group of 32: unit centroid (float, as the bound reads it) and a certified lower bound on the
   // cosine of each nonzero member to it; has_zero: an all-zero member or padding (similarity 0).
   const int64_t nqg = Qp / kPair, ndg = Mp / kPair;
   std::vector<float> qcen(nqg * C, 0.f), dcen(ndg * C, 0.f), qrho(nqg, -1.f), drho(ndg, -1.f);
   std::vector<char> dzero(ndg, 0);
+  // A packing worker's buffers, reused from group to group (one group is only 32 pixels).
+  struct PackScratch {
+    std::vector<float> px;
+    std::vector<uint16_t> unit;
+    std::vector<double> sum;
+  };
   // Packs one group of 32 slots: bfloat16 units into `out_at(slot, unit)`, squared norms, errors, centroid.
-  auto pack_group = [&](const Tensor& t, const char* what, int64_t g, const int64_t* src, double* sq, float* err,
-                        char* zero, float* cen, float& rho, char* has_zero, auto&& out_at) {
-    std::vector<float> px(kPair * C);
-    std::vector<uint16_t> unit(cp);
-    std::vector<double> sum(C, 0.0);
+  auto pack_group = [&](PackScratch& scr, const Tensor& t, const char* what, int64_t g, const int64_t* src,
+                        double* sq, float* err, char* zero, float* cen, float& rho, char* has_zero, auto&& out_at) {
+    std::vector<float>& px = scr.px;
+    std::vector<uint16_t>& unit = scr.unit;
+    std::vector<double>& sum = scr.sum;
+    px.resize(kPair * C);
+    unit.resize(cp);
+    sum.assign(C, 0.0);
     const float* ptr[kPair];
     double sqs[kPair];
     int64_t live[kPair];  // slots holding a pixel
@@ -320,12 +329,13 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
   };
   const int64_t pack_units = std::max(nqg, ndg);
   const int nw_pack = workers_for(threads, (pack_units + kPackChunk / kPair - 1) / (kPackChunk / kPair));
-  parallel_units(nqg, nw_pack, cancel, [&](int64_t g, int) {
-    pack_group(query, names.query, g, qpos.data(), qsq.data(), qerr.data(), qzero.data(), qcen.data() + g * C,
+  std::vector<PackScratch> scratch(nw_pack);
+  parallel_units(nqg, nw_pack, cancel, [&](int64_t g, int wk) {
+    pack_group(scratch[wk], query, names.query, g, qpos.data(), qsq.data(), qerr.data(), qzero.data(), qcen.data() + g * C,
                qrho[g], nullptr, [&](int64_t j, const uint16_t* u) { std::copy_n(u, cp, qa.data() + j * cp); });
   });
-  parallel_units(ndg, nw_pack, cancel, [&](int64_t g, int) {
-    pack_group(database, names.database, g, dstore.data(), dsq.data(), derr.data(), nullptr,
+  parallel_units(ndg, nw_pack, cancel, [&](int64_t g, int wk) {
+    pack_group(scratch[wk], database, names.database, g, dstore.data(), dsq.data(), derr.data(), nullptr,
                dcen.data() + g * C, drho[g], &dzero[g], [&](int64_t j, const uint16_t* u) {
                  // Group j / 16 holds cp/2 rows of 16 (pixel, value pair) entries.
                  uint16_t* grp = db.data() + (j / kTile) * kTile * cp;
@@ -335,7 +345,6 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
                  }
                });
   });
-  for (int64_t j = 0; j < Mp; ++j) dvalid[j] = dstore[j] >= 0;
   // The group bounds pay only where groups are tight: a median database group wider than kGroupRhoMin
   // (random-weight features: about 90°) leaves the scan as it was.
   bool use_groups = false;
@@ -424,6 +433,10 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     // What a pair's key must reach for the pair to possibly be among query i's k best (the lower bounds'
     // threshold is at most the k-th best canonical similarity: each of those k pairs is at least its bound).
     auto limit = [&](int64_t i) { return bb.lower.threshold(i - q0) - qa_slack[i] - kMargin; };
+    // What some value s of a block must reach for its row to be looked at: the limit less the block's
+    // largest database error term (set per database block).
+    float eblock = 0.f;
+    auto row_limit = [&](int64_t i) { return limit(i) - eblock * qb_slack[i]; };
     // Drops the waiting pairs of i that the current threshold rules out (when the list has grown).
     auto compact = [&](int64_t i) {
       std::vector<Waiting>& w = bb.wait[i - q0];
@@ -437,7 +450,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
     int64_t n_run = 0, n_all = 0;  // counted here, stored once: per-worker counters in one vector share a line
     for (int64_t m0 = 0; m0 < Mp; m0 += kDbBlock) {
       const int64_t m1 = std::min(Mp, m0 + kDbBlock);
-      const float eblock = *std::max_element(derr.begin() + m0, derr.begin() + m1);
+      eblock = *std::max_element(derr.begin() + m0, derr.begin() + m1);
       for (int64_t i0 = q0; i0 < q1; i0 += kPair) {
         // Per query, what some pair of a block must reach to be looked at (with the block's largest
         // database error; never, for zero queries and padding slots).
@@ -448,7 +461,7 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
             lim_row[r] = std::numeric_limits<float>::infinity();
             continue;
           }
-          lim_row[r] = limit(i) - eblock * qb_slack[i];
+          lim_row[r] = row_limit(i);
           // A pair of cosine t has s + e_x b_q <= t + a_q + 2 e_x b_q: below lim_row when t is below this.
           glim = std::min(glim, lim_row[r] - qa_slack[i] - eblock * qb_slack[i]);
         }
@@ -470,14 +483,14 @@ PatchMatches amx_pixel_topk(const Tensor& query, const Tensor& database, const s
             for (uint32_t cols = pairs_passing(row, derr.data() + j0, qb_slack[i], limit(i)); cols;
                  cols &= cols - 1) {
               const int64_t c = __builtin_ctz(cols), j = j0 + c;
-              if (!dvalid[j]) continue;  // padding
+              if (dstore[j] < 0) continue;  // padding
               const float e = derr[j] * qb_slack[i];
               w.push_back({j, row[c] + e});
               // Lower bound of the canonical value: s - slack, less the margin (as the limit's).
               bb.lower.insert(i - q0, row[c] - e - qa_slack[i] - kMargin, j);
             }
             if (w.size() >= compact_at) compact(i);
-            lim_row[r] = limit(i) - eblock * qb_slack[i];
+            lim_row[r] = row_limit(i);
           }
         }
       }

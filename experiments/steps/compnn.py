@@ -13,7 +13,7 @@ fast matcher chosen by `choose_method`, and exact search is run on a few queries
   exact search where the bounds would not prune (metrics.json `bound_prune`: the rule, images that used
   the bounds, the fraction of query x database pairs compared exactly).
 * Which fast matcher: "hierarchical" whenever its fine search is 1x1 and the CPU scores pairs in
-  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", 4-10 times
+  bfloat16 on AMX tiles (compnn_py.match.bf16_filter_ready: same answers as "shortlist", 8-25 times
   faster at CamVid's sizes on a quiet machine, README); else "shortlist" when exact search within the shortlist costs at most
   SHORTLIST_BUDGET multiply-adds per query (e.g. SegNet-basic at 90x120, S = 10: 7.5e10, about 1.5 s on
   a CPU), else "hierarchical" (Pix2Pix at 256x256, S = 100: 5.5e13).
